@@ -1,0 +1,119 @@
+"""The one training loop: `strategy.run` over `distribute_datasets_from_function`.
+
+It serves the CPU, one GPU, MirroredStrategy over N GPUs and MultiWorkerMirroredStrategy over
+N nodes alike (Keras' `model.fit` fails under the multi-worker strategy, see GUIDE.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+    completed: bool  # False when a stop was requested before the last step
+
+
+class Loop:
+    """Compiled train and evaluation steps for one model, optimizer and strategy."""
+
+    def __init__(self, strategy: Any, model: Any, optimizer: Any, global_batch: int,
+                 steps_per_call: int = 10) -> None:
+        self.strategy = strategy
+        self.model = model
+        self.optimizer = optimizer
+        self.global_batch = global_batch
+        self.steps_per_call = max(1, steps_per_call)
+        self._train = tf.function(self._train_steps)
+        self._evaluate = tf.function(self._evaluate_steps)
+
+    def _train_step(self, batch: tuple) -> tuple:
+        images, labels = batch
+        with tf.GradientTape() as tape:
+            probabilities = self.model(images, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            loss = tf.reduce_sum(per_example) / self.global_batch
+            if self.model.losses:
+                loss += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
+        variables = self.model.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return tf.reduce_sum(per_example), _correct(labels, probabilities), tf.size(labels)
+
+    def _train_steps(self, iterator: Any, steps: tf.Tensor) -> tuple:
+        totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
+        for _ in tf.range(steps):
+            results = self.strategy.run(self._train_step, args=(next(iterator),))
+            totals = tuple(
+                total + tf.cast(self.strategy.reduce(SUM, value, axis=None), tf.float32)
+                for total, value in zip(totals, results)
+            )
+        return totals
+
+    def _evaluate_step(self, batch: tuple) -> tuple:
+        images, labels, weights = batch
+        probabilities = self.model(images, training=False)
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+        return (tf.reduce_sum(tf.cast(per_example, tf.float32) * weights),
+                tf.reduce_sum(_matches(labels, probabilities) * weights), tf.reduce_sum(weights))
+
+    def _evaluate_steps(self, iterator: Any, steps: tf.Tensor) -> tuple:
+        totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
+        for _ in tf.range(steps):
+            results = self.strategy.run(self._evaluate_step, args=(next(iterator),))
+            totals = tuple(total + self.strategy.reduce(SUM, value, axis=None)
+                           for total, value in zip(totals, results))
+        return totals
+
+    def train_epoch(
+        self,
+        dataset_fn: Callable,
+        steps: int,
+        on_progress: Callable[[int, int], None] = lambda done, steps: None,
+        stop_requested: Callable[[], bool] = lambda: False,
+    ) -> EpochMetrics:
+        started = time.perf_counter()
+        iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+        totals = [0.0, 0.0, 0.0]
+        done = 0
+        while done < steps and not stop_requested():
+            chunk = min(self.steps_per_call, steps - done)
+            results = self._train(iterator, tf.constant(chunk))
+            totals = [t + float(v) for t, v in zip(totals, results)]
+            done += chunk
+            on_progress(done, steps)
+        loss_sum, correct, count = totals
+        return EpochMetrics(loss=loss_sum / max(count, 1), accuracy=correct / max(count, 1),
+                            images=int(count), seconds=time.perf_counter() - started,
+                            completed=done == steps)
+
+    def evaluate(self, dataset_fn: Callable, steps: int) -> tuple[float, float]:
+        """Loss and accuracy over every example exactly once."""
+        iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+        loss_sum, correct, count = (float(v) for v in self._evaluate(iterator, tf.constant(steps)))
+        return loss_sum / max(count, 1.0), correct / max(count, 1.0)
+
+    @property
+    def learning_rate(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+
+
+def _matches(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+    predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+    return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int64)), tf.float32)
+
+
+def _correct(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(_matches(labels, probabilities))

@@ -1,0 +1,102 @@
+"""tf.data input pipelines: shard per worker, shuffle per epoch, decode and preprocess in
+parallel, batch per replica, prefetch.
+
+Training batches repeat so that every worker runs the same number of steps; evaluation is
+padded to whole global batches with zero-weight examples, so its metrics are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.data import Split
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def batch_preprocessor(image_size: int, preprocess_input: Callable) -> Callable:
+    """uint8 NHW[C] batch -> float32 N x size x size x 3, the backbone's preprocessing applied."""
+
+    def preprocess(images: tf.Tensor) -> tf.Tensor:
+        images = tf.cast(images, tf.float32)
+        if images.shape.rank == 3:
+            images = images[..., tf.newaxis]
+        if images.shape[-1] == 1:
+            images = tf.image.grayscale_to_rgb(images)
+        if images.shape[1] != image_size or images.shape[2] != image_size:
+            images = tf.image.resize(images, (image_size, image_size))
+        return preprocess_input(images)
+
+    return preprocess
+
+
+def _decode_file(path: tf.Tensor) -> tf.Tensor:
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return image
+
+
+def _source(split: Split, weights: np.ndarray | None = None) -> tf.data.Dataset:
+    columns: tuple[Any, ...] = (split.images, split.labels)
+    if weights is not None:
+        columns += (weights,)
+    return tf.data.Dataset.from_tensor_slices(columns)
+
+
+def _decoded(ds: tf.data.Dataset, split: Split, image_size: int) -> tf.data.Dataset:
+    """File paths become uint8 images of the training size, decoded in parallel."""
+    if split.in_memory:
+        return ds
+
+    def decode(path: tf.Tensor, *rest: tf.Tensor) -> tuple:
+        image = tf.image.resize(_decode_file(path), (image_size, image_size))
+        return (tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), *rest)
+
+    return ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=False)
+
+
+def training_input(
+    split: Split, image_size: int, preprocess: Callable, global_batch: int, seed: int, epoch: int
+) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """A dataset function for `strategy.distribute_datasets_from_function`, for one epoch."""
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        ds = _source(split).shard(context.num_input_pipelines, context.input_pipeline_id)
+        # Seeded by epoch, so a resumed run sees the order it would have seen.
+        ds = ds.shuffle(len(split), seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
+        ds = _decoded(ds.repeat(), split, image_size)
+        ds = ds.batch(per_replica, drop_remainder=True)
+        ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
+        return ds.prefetch(AUTOTUNE)
+
+    return dataset_fn
+
+
+def padded_length(examples: int, global_batch: int) -> int:
+    return -(-examples // global_batch) * global_batch
+
+
+def evaluation_input(
+    split: Split, image_size: int, preprocess: Callable, global_batch: int
+) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """Every example once, padded to whole global batches; padding has weight 0."""
+    total = padded_length(len(split), global_batch)
+    pad = total - len(split)
+    index = np.concatenate([np.arange(len(split)), np.zeros(pad, dtype=np.int64)])
+    weights = np.concatenate([np.ones(len(split)), np.zeros(pad)]).astype(np.float32)
+    images = split.images[index] if split.in_memory else [split.images[i] for i in index]
+    padded = Split(images, split.labels[index])
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        ds = _source(padded, weights).shard(context.num_input_pipelines,
+                                            context.input_pipeline_id)
+        ds = _decoded(ds, padded, image_size).batch(per_replica, drop_remainder=True)
+        ds = ds.map(lambda x, y, w: (preprocess(x), y, w), num_parallel_calls=AUTOTUNE)
+        return ds.prefetch(AUTOTUNE)
+
+    return dataset_fn

@@ -1,0 +1,69 @@
+"""Runs in a store: list them, and fetch one's model and metadata, verified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trainer.artifacts import sha256_of
+from trainer.errors import DataError, StorageError
+from trainer.storage import Store
+
+FETCHED = ("best.h5", "config.json", "history.json", "manifest.json")
+
+
+def _json(store: Store, key: str) -> dict | list | None:
+    raw = store.read_bytes(key)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def list_runs(store: Store) -> list[str]:
+    """One line per run: id, status, epochs done, best value."""
+    lines = [f"{'RUN_ID':<44} {'STATUS':<10} {'EPOCHS':>6}  BEST"]
+    for run_id in store.list_runs():
+        manifest = _json(store, f"{run_id}/manifest.json")
+        if isinstance(manifest, dict):
+            status, epochs = manifest.get("status", "?"), manifest.get("epochs_done", "?")
+            best = f"{manifest.get('monitor')}={manifest.get('best_value', 0):.4f}"
+            best += f" (epoch {manifest.get('best_epoch')})"
+        else:
+            history = _json(store, f"{run_id}/history.json")
+            if history is None and store.read_bytes(f"{run_id}/config.json") is None:
+                continue
+            status, epochs, best = "running", len(history or []), "-"
+        lines.append(f"{run_id:<44} {status:<10} {epochs:>6}  {best}")
+    return lines
+
+
+def fetch_run(store: Store, run_id: str, destination: Path) -> Path:
+    """Download best.h5, config.json, history.json and manifest.json into destination/run_id,
+    each verified against the manifest's sha256."""
+    manifest = _json(store, f"{run_id}/manifest.json")
+    if not isinstance(manifest, dict):
+        raise StorageError(f"run {run_id} has no manifest.json in {store.uri}: it does not exist "
+                           "or has not finished; see `trainer runs`")
+    root = destination.resolve()
+    folder = (root / run_id).resolve()
+    if root not in folder.parents:
+        raise DataError(f"run id {run_id} would write outside {root}; give a plain run id")
+    listed = manifest.get("artifacts", {})
+    for name in FETCHED:
+        target = (folder / name).resolve()
+        if target.parent != folder:
+            raise DataError(f"{name} would be written outside {folder}")
+        if name == "manifest.json":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            continue
+        if name not in listed or not store.get_file(f"{run_id}/{name}", target):
+            raise StorageError(f"run {run_id} has no {name} in {store.uri}")
+        if sha256_of(target) != listed[name]["sha256"]:
+            target.unlink()
+            raise DataError(f"{name} of run {run_id} does not match the sha256 in its manifest; "
+                            "fetch it again, and if it persists the stored copy is damaged")
+    return folder

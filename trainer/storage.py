@@ -1,0 +1,124 @@
+"""Where runs are stored: a local folder, or S3-compatible object storage (trainer.s3).
+
+Keys are relative to ARTIFACT_URI, e.g. `<run_id>/best.h5`. Every write is atomic: a reader sees
+the old version or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from trainer.errors import StorageError
+
+
+class Store(ABC):
+    uri: str
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Fail now (StorageError, TransientError) rather than after an hour of training."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes | None:
+        """The object's content, or None when there is none."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a local file under `key`, atomically."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> bool:
+        """Download `key` to `path` (atomically); False when there is no such object."""
+
+    @abstractmethod
+    def list_runs(self) -> list[str]:
+        """The run ids under this store."""
+
+    def local_run_dir(self, run_id: str) -> Path | None:
+        """The folder a run's files live in when this store is a local folder."""
+        return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str | Path) -> None:
+    """mkstemp creates 0600 files; give finished artifacts the usual permissions."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_readable(temporary)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class LocalStore(Store):
+    def __init__(self, root: str) -> None:
+        self.root = Path(root).expanduser()
+        self.uri = str(self.root)
+
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.root).close()
+        except OSError as error:
+            raise StorageError(f"ARTIFACT_URI={self.uri} is not writable ({error.strerror}); "
+                               "give a folder you can write to") from error
+
+    def read_bytes(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self.root / key
+        if target.resolve() == Path(path).resolve():
+            return
+        with open(path, "rb") as f:
+            write_atomic(target, f.read())
+
+    def get_file(self, key: str, path: Path) -> bool:
+        source = self.root / key
+        if not source.is_file():
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, path)
+        return True
+
+    def list_runs(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith("."))
+
+    def local_run_dir(self, run_id: str) -> Path:
+        return self.root / run_id
+
+
+def open_store(uri: str, endpoint_url: str | None = None, addressing_style: str = "auto") -> Store:
+    if uri.startswith("s3://"):
+        from trainer.s3 import S3Store
+
+        return S3Store(uri, endpoint_url=endpoint_url, addressing_style=addressing_style)
+    return LocalStore(uri)
