@@ -16,7 +16,7 @@ ENTRYPOINT = REPO / "entrypoint.py"
 
 # Fast settings for real training in tests: a small backbone on tiny images.
 TINY_JOB = {
-    "BACKBONE": "MobileNetV2",
+    "BACKBONE": "VGG16",  # few layers: the quickest to trace and save
     "WEIGHTS": "none",
     "IMAGE_SIZE": "32",
     "EPOCHS": "2",
@@ -26,14 +26,16 @@ TINY_JOB = {
 }
 
 
-def clean_environ(**extra: str) -> dict[str, str]:
-    """This process's environment without any setting a developer may have exported."""
+def clean_environ(*layers: dict[str, str], **extra: str) -> dict[str, str]:
+    """This process's environment without any setting a developer may have exported, then
+    `layers` and `extra` in order (later ones win)."""
     from trainer.settings import OPTIONS
 
     names = {o.variable for o in OPTIONS} | {"TF_CONFIG", "JOB_COMPLETION_INDEX", "WORKER_COUNT"}
     env = {k: v for k, v in os.environ.items() if k not in names}
     env["KERAS_HOME"] = env.get("TEST_KERAS_HOME", "/tmp/trainer-test-keras")
-    env.update(extra)
+    for layer in (*layers, extra):
+        env.update(layer)
     return env
 
 
@@ -82,3 +84,15 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 pixels = np.clip(rng.normal(level, 20, (12, 12, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real 3-epoch run into a local ARTIFACT_URI, shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("artifacts")
+    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(root), RUN_ID="tiny",
+                        EPOCHS="3", LEARNING_RATE="1e-4", VALIDATION_SPLIT="0.25")
+    result = run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    return {"root": root, "run": root / "tiny", "env": env, "result": result,
+            "history": json.loads((root / "tiny" / "history.json").read_text())}

@@ -63,11 +63,12 @@ def build_model(
     constructor = getattr(keras.applications, backbone)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     base_weights = "imagenet" if weights == "imagenet" else None
-    base = constructor(include_top=False, weights=base_weights, input_tensor=inputs, pooling=pooling)
+    base = constructor(include_top=False, weights=base_weights, input_tensor=inputs,
+                       pooling=pooling)
     _synchronize_batch_norm(base)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(
-        base.output
-    )
+    head = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                              name="predictions")
+    outputs = head(base.output)
     model = keras.Model(inputs, outputs, name=f"{backbone.lower()}_{pooling}_classifier")
     if weights not in (None, "imagenet"):
         _load_weights_file(model, base, weights)
@@ -89,7 +90,9 @@ def _load_weights_file(model: Any, base: Any, path: str) -> None:
     from trainer.errors import DataError
 
     errors = []
-    for target in (base, model):
+    # The whole model first: a backbone-only file into the whole model raises, whereas a
+    # whole-model file loads into the backbone without a word and leaves the head random.
+    for target in (model, base):
         try:
             target.load_weights(path)
             return

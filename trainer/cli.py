@@ -131,8 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainerError as error:
         return _fail(str(error), error.exit_code, debug)
     except Exception as error:  # noqa: BLE001 - every bug becomes exit 1 with one line
-        return _fail(f"internal error: {type(error).__name__}: {error}; rerun with LOG_LEVEL=DEBUG "
-                     "for the traceback and report it", INTERNAL_ERROR, debug)
+        detail = " ".join(str(error).split())[:300]
+        return _fail(f"internal error: {type(error).__name__}: {detail}; rerun with "
+                     "LOG_LEVEL=DEBUG for the traceback and report it", INTERNAL_ERROR, debug)
 
 
 def _fail(message: str, code: int, debug: bool) -> int:

@@ -89,20 +89,27 @@ def load_dataset(
         return _builtin(name, files, validation_split, seed)
     path = Path(name)
     if not path.exists():
-        raise DataError(f"DATASET={name} does not exist; give a built-in name "
-                        "(cifar10, cifar100, mnist, fashion_mnist, digits), an .npz file or a folder")
+        raise DataError(f"DATASET={name} does not exist; give a built-in name (cifar10, "
+                        "cifar100, mnist, fashion_mnist, digits), an .npz file or a folder")
     if path.is_dir():
         return _image_folder(path, validation_split, seed)
     return _npz(path, validation_split, seed)
 
 
 def _fetch(name: str, archive: Archive, mirror: str | None, cache_dir: str | None) -> str:
+    import keras
     from keras.utils import get_file
 
+    from trainer.logs import get_logger
+
+    # get_file's progress bar would break the one-JSON-object-per-line log on stdout.
+    keras.config.disable_interactive_logging()
     base = archive.origin
     if mirror:
         base = mirror if "://" in mirror else Path(mirror).resolve().as_uri()
         base = base.rstrip("/") + "/"
+    get_logger().info(f"fetching {archive.file_name} of {name} (cached after the first time)",
+                      extra={"origin": base + archive.file_name})
     try:
         return get_file(fname=archive.file_name, origin=base + archive.file_name,
                         file_hash=archive.sha256, cache_dir=cache_dir,
@@ -174,7 +181,7 @@ def _digits(validation_split: float, seed: int) -> Dataset:
 
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    train, val = _split(images, bunch.target, validation_split, seed)
+    train, val = _split("digits", images, bunch.target, validation_split, seed)
     return Dataset(train, val, tuple(str(i) for i in range(10)), native_size=8, channels=1)
 
 
@@ -192,7 +199,8 @@ def _npz(path: Path, validation_split: float, seed: int) -> Dataset:
     x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
     if x_test is None or y_test is None:
         _check_pair(str(path), "x_train", arrays["x_train"], arrays["y_train"])
-        train, val = _split(arrays["x_train"], arrays["y_train"], validation_split, seed)
+        train, val = _split(str(path), arrays["x_train"], arrays["y_train"],
+                            validation_split, seed)
         x_test, y_test = val.images, val.labels
         arrays["x_train"], arrays["y_train"] = train.images, train.labels
     return _from_arrays(str(path), arrays["x_train"], arrays["y_train"], x_test, y_test, names)
@@ -244,13 +252,14 @@ def _to_uint8(source: str, images: np.ndarray) -> np.ndarray:
     return np.clip(np.round(images * scale), 0, 255).astype(np.uint8)
 
 
-def _split(images: Any, labels: np.ndarray, fraction: float, seed: int) -> tuple[Split, Split]:
+def _split(source: str, images: Any, labels: np.ndarray, fraction: float,
+           seed: int) -> tuple[Split, Split]:
     labels = np.asarray(labels).reshape(-1)
     order = np.random.default_rng(seed).permutation(len(labels))
     held = max(1, int(round(len(labels) * fraction)))
     if held >= len(labels):
-        raise DataError(f"the dataset has only {len(labels)} images, too few to hold out "
-                        "a validation split; give more images or a val/ split")
+        raise DataError(f"DATASET={source} has only {len(labels)} images, too few to hold out "
+                        "a validation split; give more images or a validation split")
     val, train = order[:held], order[held:]
 
     def take(index: np.ndarray) -> Any:
@@ -270,14 +279,14 @@ def _image_folder(root: Path, validation_split: float, seed: int) -> Dataset:
         raise DataError(f"DATASET={root} has {len(class_names)} class folder(s); give a folder "
                         "with one sub-folder of images per class, at least two classes")
     train = _list_images(train_root, class_names)
+    if len(np.unique(train.labels)) < 2:
+        raise DataError(f"DATASET={root} has images in only one class folder; a classifier "
+                        "needs images of two or more classes")
     val_root = splits.get("val", splits.get("test"))
     if val_root is not None:
         val = _list_images(val_root, class_names)
     else:
-        train, val = _split(train.images, train.labels, validation_split, seed)
-    if len(np.unique(train.labels)) < 2:
-        raise DataError(f"DATASET={root} has images in only one class folder; a classifier "
-                        "needs images of two or more classes")
+        train, val = _split(str(root), train.images, train.labels, validation_split, seed)
     return Dataset(train, val, tuple(class_names), native_size=_image_side(train.images[0]),
                    channels=3)
 

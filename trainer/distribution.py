@@ -87,7 +87,9 @@ def resolve_cluster(environ: Mapping[str, str]) -> tuple[Cluster, dict[str, Any]
     return Cluster(workers=workers, index=index), config
 
 
-def make_strategy(cpu_replicas: int, environ: Mapping[str, str] | None = None) -> tuple[Any, Cluster]:
+def make_strategy(
+    cpu_replicas: int, environ: Mapping[str, str] | None = None
+) -> tuple[Any, Cluster]:
     """MultiWorkerMirroredStrategy across nodes, MirroredStrategy over several local devices,
     else the default strategy on the one device."""
     environ = os.environ if environ is None else environ

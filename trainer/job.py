@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-
 import os
 import platform
 import time
@@ -27,23 +26,25 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
     """Train, keep the best epoch, and finish the run with its manifest."""
     log = get_logger()
     environ = dict(os.environ if environ is None else environ)
-    store = open_store(settings.artifact_uri, settings.s3_endpoint_url, settings.s3_addressing_style)
+    store = open_store(settings.artifact_uri, settings.s3_endpoint_url,
+                       settings.s3_addressing_style)
     store.check_writable()
     if _finished(store, settings.run_id):
         log.info("run already finished; nothing to do", extra={"run_id": settings.run_id})
         return
     log.info("starting run", extra={"run_id": settings.run_id, "artifact_uri": store.uri})
 
+    from trainer.data import load_dataset
+
+    # Data first: a missing or broken dataset fails before TensorFlow starts.
+    dataset = load_dataset(settings.dataset, validation_split=settings.validation_split,
+                           seed=settings.seed, mirror=settings.dataset_mirror)
+
     from trainer.distribution import make_strategy
 
     strategy, cluster = make_strategy(settings.cpu_replicas, environ)
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.batch_size * replicas
-
-    from trainer.data import load_dataset
-
-    dataset = load_dataset(settings.dataset, validation_split=settings.validation_split,
-                           seed=settings.seed, mirror=settings.dataset_mirror)
     image_size = settings.image_size or max(dataset.native_size, MIN_IMAGE_SIZE[settings.backbone])
     steps = len(dataset.train) // global_batch
     if steps == 0:
@@ -54,7 +55,7 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
 
     import keras
 
-    from trainer.backbones import build_model, preprocess_function, preprocessing_name
+    from trainer.backbones import preprocess_function, preprocessing_name
     from trainer.loop import Loop
     from trainer.pipeline import evaluation_input, padded_length, training_input
 
@@ -62,6 +63,9 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
     with strategy.scope():
         model = _build(settings, image_size, len(dataset.class_names))
         optimizer = keras.optimizers.Adam(settings.learning_rate)
+        # Slots made now, in the strategy's scope: created lazily inside the distributed
+        # tf.function they would be per-replica placeholders that MirroredStrategy cannot feed.
+        optimizer.build(model.trainable_variables)
     loop = Loop(strategy, model, optimizer, global_batch)
     preprocess = preprocess_function(settings.backbone)
     metadata = {

@@ -49,7 +49,7 @@ class Loop:
                 loss += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
         variables = self.model.trainable_variables
         gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return tf.reduce_sum(per_example), _correct(labels, probabilities), tf.size(labels)
 
     def _train_steps(self, iterator: Any, steps: tf.Tensor) -> tuple:
@@ -58,7 +58,7 @@ class Loop:
             results = self.strategy.run(self._train_step, args=(next(iterator),))
             totals = tuple(
                 total + tf.cast(self.strategy.reduce(SUM, value, axis=None), tf.float32)
-                for total, value in zip(totals, results)
+                for total, value in zip(totals, results, strict=True)
             )
         return totals
 
@@ -74,7 +74,7 @@ class Loop:
         for _ in tf.range(steps):
             results = self.strategy.run(self._evaluate_step, args=(next(iterator),))
             totals = tuple(total + self.strategy.reduce(SUM, value, axis=None)
-                           for total, value in zip(totals, results))
+                           for total, value in zip(totals, results, strict=True))
         return totals
 
     def train_epoch(
@@ -91,7 +91,7 @@ class Loop:
         while done < steps and not stop_requested():
             chunk = min(self.steps_per_call, steps - done)
             results = self._train(iterator, tf.constant(chunk))
-            totals = [t + float(v) for t, v in zip(totals, results)]
+            totals = [t + float(v) for t, v in zip(totals, results, strict=True)]
             done += chunk
             on_progress(done, steps)
         loss_sum, correct, count = totals

@@ -41,7 +41,7 @@ def predict_images(model_path: Path, images: list[Path], top: int) -> list[tuple
     batch = np.stack([_load(path, size) for path in images])
     probabilities = model.predict(preprocess(batch), verbose=0)
     results = []
-    for path, row in zip(images, probabilities):
+    for path, row in zip(images, probabilities, strict=True):
         order = np.argsort(row)[::-1][:top]
         results.append((str(path), [(names[i], float(row[i])) for i in order]))
     return results

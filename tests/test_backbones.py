@@ -1,0 +1,63 @@
+"""Backbones: the static table matches keras.applications; the tutorial's model is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from trainer.backbones import (
+    MIN_IMAGE_SIZE,
+    build_model,
+    canonical_name,
+    preprocess_function,
+    preprocessing_name,
+)
+from trainer.errors import DataError
+
+
+def test_table_lists_exactly_the_installed_keras_applications() -> None:
+    installed = {n for n in dir(keras.applications) if n[0].isupper()}
+    assert set(MIN_IMAGE_SIZE) == installed
+
+
+def test_names_are_case_insensitive_and_minimums_follow_keras() -> None:
+    assert canonical_name("resnet50") == "ResNet50"
+    assert canonical_name(" EFFICIENTNETB0 ") == "EfficientNetB0"
+    assert canonical_name("resnet51") is None
+    assert (MIN_IMAGE_SIZE["Xception"], MIN_IMAGE_SIZE["InceptionV3"],
+            MIN_IMAGE_SIZE["ResNet50"]) == (71, 75, 32)
+
+
+def test_each_family_has_its_own_preprocessing() -> None:
+    pixels = np.full((1, 2, 2, 3), 255.0, dtype=np.float32)
+    assert preprocessing_name("ResNet50") == "keras.applications.resnet"
+    assert float(np.max(preprocess_function("MobileNetV2")(pixels.copy()))) == pytest.approx(1.0)
+    assert float(np.max(preprocess_function("EfficientNetB0")(pixels.copy()))) == 255.0
+    assert float(np.min(preprocess_function("ResNet50")(pixels.copy()))) < 255.0 - 100
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_the_tutorial_model_pools_then_softmaxes_in_float32(pooling: str) -> None:
+    model = build_model("VGG16", pooling, 32, 5, None)
+    layer_names = [layer.__class__.__name__ for layer in model.layers]
+    expected = "GlobalAveragePooling2D" if pooling == "avg" else "GlobalMaxPooling2D"
+    assert layer_names[-2] == expected and layer_names[-1] == "Dense"
+    assert model.output_shape == (None, 5) and model.output.dtype == "float32"
+    assert model.layers[-1].get_config()["activation"] == "softmax"
+
+
+def test_a_weights_file_of_the_backbone_or_the_model_is_loaded(tmp_path: Path) -> None:
+    trained = build_model("VGG16", "avg", 32, 3, None)
+    trained.save_weights(tmp_path / "model.weights.h5")
+    loaded = build_model("VGG16", "avg", 32, 3, str(tmp_path / "model.weights.h5"))
+    for a, b in zip(trained.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_weights_file_of_another_backbone_is_a_data_error(tmp_path: Path) -> None:
+    build_model("VGG19", "avg", 32, 3, None).save_weights(tmp_path / "vgg19.weights.h5")
+    with pytest.raises(DataError, match="WEIGHTS=.*vgg19.weights.h5 does not fit"):
+        build_model("VGG16", "avg", 32, 3, str(tmp_path / "vgg19.weights.h5"))

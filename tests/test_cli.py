@@ -1,0 +1,107 @@
+"""The `trainer` CLI: documented options, and runs / fetch / predict on a real finished run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from trainer.cli import cli
+from trainer.settings import OPTIONS
+
+
+def _commands() -> list[click.Command]:
+    return list(cli.commands.values())
+
+
+@pytest.mark.parametrize("command", _commands(), ids=lambda c: c.name)
+def test_every_option_has_help_and_a_variable(command: click.Command) -> None:
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name == "help":
+            continue
+        assert param.help, f"{command.name} {param.opts} has no help"
+        if param.name in ("top", "destination"):
+            continue  # per-call choices, not settings of a run
+        assert param.envvar or "[env var: " in param.help, f"{param.opts} has no variable"
+
+
+def test_train_help_shows_every_setting_with_its_variable_and_default() -> None:
+    result = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for option in OPTIONS:
+        assert option.flag in text and f"env var: {option.variable};" in text
+
+
+def trainer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    console_script = Path(sys.executable).parent / "trainer"
+    return subprocess.run([str(console_script), *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_runs_lists_status_epochs_and_best(finished_run: dict) -> None:
+    result = trainer("runs", "--artifact-uri", str(finished_run["root"]), env=finished_run["env"])
+    assert result.returncode == 0, result.stderr
+    line = next(li for li in result.stdout.splitlines() if li.startswith("tiny "))
+    manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
+    assert line.split()[1:3] == ["finished", "3"]
+    assert f"val_accuracy={manifest['best_value']:.4f}" in line
+
+
+def test_fetch_downloads_and_verifies(finished_run: dict, tmp_path: Path) -> None:
+    result = trainer("fetch", "tiny", "--to", str(tmp_path), "--artifact-uri",
+                     str(finished_run["root"]), env=finished_run["env"])
+    assert result.returncode == 0, result.stderr
+    fetched = sorted(p.name for p in (tmp_path / "tiny").iterdir())
+    assert fetched == ["best.h5", "config.json", "history.json", "manifest.json"]
+    assert (tmp_path / "tiny" / "best.h5").read_bytes() == (
+        finished_run["run"] / "best.h5").read_bytes()
+
+
+def test_fetch_refuses_a_damaged_model(finished_run: dict, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(finished_run["run"], store / "tiny")
+    with open(store / "tiny" / "best.h5", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00damaged\x00")
+    result = trainer("fetch", "tiny", "--to", str(tmp_path / "out"), "--artifact-uri",
+                     str(store), env=finished_run["env"])
+    assert result.returncode == 3
+    assert "does not match the sha256" in result.stderr
+    assert not (tmp_path / "out" / "tiny" / "best.h5").exists()
+
+
+def test_fetch_of_an_unknown_run_says_so(finished_run: dict, tmp_path: Path) -> None:
+    result = trainer("fetch", "nope", "--to", str(tmp_path), "--artifact-uri",
+                     str(finished_run["root"]), env=finished_run["env"])
+    assert result.returncode == 4 and "run nope has no manifest.json" in result.stderr
+    result = trainer("fetch", "../etc", "--to", str(tmp_path), env=finished_run["env"])
+    assert result.returncode == 2 and "RUN_ID" in result.stderr
+
+
+def test_predict_names_classes_for_images(finished_run: dict, tiny_npz: Path,
+                                          tmp_path: Path) -> None:
+    from PIL import Image
+
+    with np.load(tiny_npz) as f:
+        images, labels = f["x_train"][:2], f["y_train"][:2]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"digit{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    for model in ("tiny", str(finished_run["run"] / "best.h5")):
+        result = trainer("predict", model, *paths, "--top", "2", "--artifact-uri",
+                         str(finished_run["root"]), env=finished_run["env"])
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith(paths[0])
+        names = [part.split()[0] for part in lines[0].split(": ", 1)[1].split(", ")]
+        assert len(names) == 2 and set(names) <= {"0", "1", "2", "3"}
+    del labels

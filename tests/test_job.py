@@ -1,0 +1,119 @@
+"""End to end: the real entrypoint trains a tiny model and leaves the contract's artifacts."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_JOB, clean_environ, json_lines, run_entrypoint
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+                   "seconds", "images_per_second"]
+
+
+def test_every_stdout_line_is_one_json_object(finished_run: dict) -> None:
+    lines = finished_run["result"].stdout.splitlines()
+    assert lines and all(json.loads(line)["logger"] == "trainer" for line in lines)
+    epochs = [r for r in json_lines(finished_run["result"].stdout) if r.get("epoch") and "loss" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert all(r["run_id"] == "tiny" for r in epochs)
+
+
+def test_history_has_the_contract_columns(finished_run: dict) -> None:
+    history = finished_run["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert all(list(row) == HISTORY_COLUMNS or set(row) == set(HISTORY_COLUMNS)
+               for row in history)
+    assert all(row["images_per_second"] > 0 and row["learning_rate"] == pytest.approx(1e-4)
+               for row in history)
+    with open(finished_run["run"] / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == HISTORY_COLUMNS
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx(
+        [r["val_loss"] for r in history])
+
+
+def test_config_records_what_a_user_needs_to_reproduce(finished_run: dict) -> None:
+    config = json.loads((finished_run["run"] / "config.json").read_text())
+    assert config["settings"]["backbone"] == "VGG16" and config["settings"]["epochs"] == 3
+    assert config["class_names"] == ["0", "1", "2", "3"]
+    assert config["image_size"] == 32 and config["replicas"] == 1
+    assert config["preprocessing"] == "keras.applications.vgg16"
+    assert {"tensorflow", "keras", "python"} <= set(config["versions"])
+
+
+def test_best_h5_is_saved_only_when_the_monitored_value_improves(finished_run: dict) -> None:
+    history = finished_run["history"]
+    improving, best = [], None
+    for row in history:
+        if best is None or row["val_accuracy"] > best:
+            best = row["val_accuracy"]
+            improving.append(row["epoch"])
+    saves = [r["epoch"] for r in json_lines(finished_run["result"].stdout)
+             if r["message"] == "saved best.h5"]
+    assert saves == improving
+    manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
+    assert manifest["best_epoch"] == improving[-1]
+    assert manifest["best_value"] == pytest.approx(best)
+    assert (manifest["status"], manifest["monitor"]) == ("finished", "val_accuracy")
+
+
+def test_manifest_lists_every_artifact_with_size_and_sha256(finished_run: dict) -> None:
+    manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
+    assert set(manifest["artifacts"]) >= {"best.h5", "config.json", "history.json", "history.csv"}
+    for name, entry in manifest["artifacts"].items():
+        data = (finished_run["run"] / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert not [p for p in finished_run["run"].iterdir() if p.name.startswith(".")]
+
+
+LOAD_AND_SCORE = """
+import json, sys
+import numpy as np, keras, tensorflow as tf
+from trainer.data import load_dataset
+model = keras.models.load_model(sys.argv[1])
+data = load_dataset(sys.argv[2], validation_split=0.25, seed=0)
+x = tf.image.grayscale_to_rgb(tf.cast(data.val.images, tf.float32)[..., None])
+x = keras.applications.vgg16.preprocess_input(tf.image.resize(x, (32, 32)))
+predicted = np.argmax(model.predict(x, verbose=0), axis=1)
+print(json.dumps({"accuracy": float(np.mean(predicted == data.val.labels)),
+                  "dtype": str(model.output.dtype)}))
+"""
+
+
+def test_best_h5_loads_in_plain_keras_and_scores_its_epoch(finished_run: dict,
+                                                           tiny_npz: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_SCORE, str(finished_run["run"] / "best.h5"),
+         str(tiny_npz)], capture_output=True, text=True, timeout=300, env=finished_run["env"])
+    assert result.returncode == 0, result.stderr
+    scored = json.loads(result.stdout.splitlines()[-1])
+    manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
+    assert scored["accuracy"] == pytest.approx(manifest["best_value"], abs=1e-6)
+    assert scored["dtype"] == "float32"
+
+
+def test_a_finished_run_is_not_trained_again(finished_run: dict) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in finished_run["run"].iterdir()}
+    result = run_entrypoint(finished_run["env"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "already finished" in result.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run["run"].iterdir()} == before
+
+
+def test_two_cpu_replicas_train_with_mirrored_strategy(tiny_npz: Path, tmp_path: Path) -> None:
+    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path),
+                        RUN_ID="mirrored", CPU_REPLICAS="2", BATCH_SIZE="8")
+    result = run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "mirrored" / "config.json").read_text())
+    assert (config["replicas"], config["global_batch_size"]) == (2, 16)
+    history = json.loads((tmp_path / "mirrored" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    # 36 training images, global batch 16: two whole steps an epoch
+    assert all(row["images_per_second"] > 0 for row in history)

@@ -1,0 +1,105 @@
+"""Settings: every contract variable parsed and validated; bad values exit 2 naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import clean_environ, run_entrypoint
+
+from trainer.errors import ConfigError
+from trainer.settings import OPTIONS, Settings, load_settings
+
+CONTRACT_VARIABLES = {
+    "DATASET", "DATASET_MIRROR", "BACKBONE", "POOLING", "EPOCHS", "BATCH_SIZE", "IMAGE_SIZE",
+    "WEIGHTS", "LEARNING_RATE", "VALIDATION_SPLIT", "MONITOR", "SEED", "ARTIFACT_URI", "RUN_ID",
+    "S3_ENDPOINT_URL", "S3_ADDRESSING_STYLE", "CPU_REPLICAS", "LOG_FORMAT", "LOG_LEVEL",
+}
+
+
+def test_every_contract_variable_is_a_setting() -> None:
+    assert CONTRACT_VARIABLES <= {o.variable for o in OPTIONS}
+
+
+def test_defaults_follow_the_contract() -> None:
+    settings = load_settings({})
+    assert (settings.dataset, settings.backbone, settings.pooling) == ("cifar10", "ResNet50", "avg")
+    assert (settings.epochs, settings.batch_size, settings.image_size) == (10, 64, None)
+    assert (settings.weights, settings.learning_rate, settings.validation_split) == (
+        "imagenet", 1e-3, 0.1)
+    assert (settings.monitor, settings.seed, settings.artifact_uri) == ("val_accuracy", 0, "./runs")
+    assert (settings.s3_addressing_style, settings.cpu_replicas, settings.log_level) == (
+        "auto", 1, "INFO")
+    assert settings.run_id.endswith("-resnet50-cifar10")
+
+
+def test_every_variable_is_parsed() -> None:
+    environ = {
+        "DATASET": "s3://data/set.npz", "DATASET_MIRROR": "http://mirror/keras",
+        "BACKBONE": "mobilenetv2", "POOLING": "MAX", "EPOCHS": "3", "BATCH_SIZE": "8",
+        "IMAGE_SIZE": "48", "WEIGHTS": "None", "LEARNING_RATE": "2e-4",
+        "VALIDATION_SPLIT": "0.25", "MONITOR": "val_loss", "SEED": "7",
+        "ARTIFACT_URI": "s3://bucket/prefix", "RUN_ID": "my-run.1", "S3_ENDPOINT_URL":
+        "http://127.0.0.1:9000", "S3_ADDRESSING_STYLE": "path", "CPU_REPLICAS": "2",
+        "LOG_FORMAT": "text", "LOG_LEVEL": "debug",
+    }
+    assert load_settings(environ) == Settings(
+        dataset="s3://data/set.npz", dataset_mirror="http://mirror/keras", backbone="MobileNetV2",
+        pooling="max", epochs=3, batch_size=8, image_size=48, weights="none",
+        learning_rate=2e-4, validation_split=0.25, monitor="val_loss", seed=7,
+        artifact_uri="s3://bucket/prefix", run_id="my-run.1",
+        s3_endpoint_url="http://127.0.0.1:9000", s3_addressing_style="path", cpu_replicas=2,
+        log_format="text", log_level="DEBUG",
+    )
+    assert load_settings(environ).monitor_mode == "min"
+
+
+def test_a_flag_beats_a_variable_and_a_variable_beats_the_default() -> None:
+    settings = load_settings({"EPOCHS": "5", "BATCH_SIZE": "16"}, {"epochs": "2"})
+    assert (settings.epochs, settings.batch_size, settings.pooling) == (2, 16, "avg")
+
+
+BAD_VALUES = [
+    ("BACKBONE", "ResNet51"), ("EPOCHS", "0"), ("EPOCHS", "abc"), ("POOLING", "mean"),
+    ("RUN_ID", "a/b"), ("RUN_ID", "run..1"), ("RUN_ID", "Upper"), ("RUN_ID", "x" * 129),
+    ("BATCH_SIZE", "0"), ("IMAGE_SIZE", "-3"), ("LEARNING_RATE", "0"), ("LEARNING_RATE", "fast"),
+    ("VALIDATION_SPLIT", "1"), ("VALIDATION_SPLIT", "0"), ("MONITOR", "f1"), ("SEED", "-1"),
+    ("ARTIFACT_URI", "gs://bucket/runs"), ("ARTIFACT_URI", "s3://B/x"),
+    ("S3_ADDRESSING_STYLE", "dns"), ("CPU_REPLICAS", "0"), ("LOG_FORMAT", "xml"),
+    ("LOG_LEVEL", "LOUD"), ("DATASET", " "),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_VALUES)
+def test_bad_value_is_a_config_error_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({variable: value})
+    assert str(caught.value).startswith(f"{variable}=")
+    assert caught.value.exit_code == 2
+
+
+def test_image_size_below_the_backbone_minimum_names_both() -> None:
+    with pytest.raises(ConfigError, match=r"IMAGE_SIZE=64 is below Xception's minimum of 71"):
+        load_settings({"BACKBONE": "xception", "IMAGE_SIZE": "64"})
+    assert load_settings({"BACKBONE": "xception", "IMAGE_SIZE": "71"}).image_size == 71
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("BACKBONE", "resnet51"), ("EPOCHS", "0"), ("EPOCHS", "abc"), ("POOLING", "mean"),
+    ("RUN_ID", "../escape"), ("RUN_ID", "a/b"), ("BATCH_SIZE", "0"), ("IMAGE_SIZE", "16"),
+])
+def test_entrypoint_exits_2_with_one_line_and_no_traceback(variable: str, value: str) -> None:
+    result = run_entrypoint(clean_environ(**{variable: value}), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert variable in result.stderr and "Traceback" not in result.stderr + result.stdout
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = run_entrypoint(clean_environ(EPOCHS="0", LOG_LEVEL="DEBUG"), timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+
+
+def test_generated_run_id_is_valid_and_names_backbone_and_dataset() -> None:
+    settings = load_settings({"BACKBONE": "VGG16", "DATASET": "/data/My Flowers/"})
+    assert settings.run_id.endswith("-vgg16-my-flowers")
+    assert load_settings({"RUN_ID": settings.run_id}).run_id == settings.run_id
