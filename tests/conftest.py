@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +99,85 @@ def finished_run(tiny_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     assert result.returncode == 0, result.stderr
     return {"root": root, "run": root / "tiny", "env": env, "result": result,
             "history": json.loads((root / "tiny" / "history.json").read_text())}
+
+
+# --- S3: real servers on loopback (rclone serve s3 checks credentials; moto has wide S3) ---
+
+S3_KEY, S3_SECRET = "trainer-test-key", "trainer-test-secret-Zq9f2Lk"
+
+
+class S3Server:
+    """A real S3 server process on 127.0.0.1; `stop()` and `start()` simulate an outage."""
+
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind = kind
+        self.root = root
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> S3Server:
+        bin_dir = Path(sys.executable).parent
+        if self.kind == "rclone":
+            command = [str(bin_dir / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
+                       "--auth-key", f"{S3_KEY},{S3_SECRET}", str(self.root)]
+        else:
+            command = [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "RCLONE_CONFIG": "/nonexistent"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.kind} S3 server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
+
+    def client(self, secret: str = S3_SECRET):  # noqa: ANN201 - a boto3 S3 client
+        import boto3
+
+        from trainer.s3 import client_config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_KEY,
+                            aws_secret_access_key=secret, region_name="us-east-1",
+                            config=client_config(self.endpoint, "path"))
+
+    def new_bucket(self) -> str:
+        name = f"bucket-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def env(self) -> dict[str, str]:
+        """What a user sets to use this server."""
+        return {"S3_ENDPOINT_URL": self.endpoint, "S3_ADDRESSING_STYLE": "path",
+                "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/nonexistent",
+                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", params=["rclone", "moto"])
+def s3_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    server = S3Server(request.param, tmp_path_factory.mktemp(f"s3-{request.param}")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def rclone_server(tmp_path: Path):  # noqa: ANN201 - a server of its own, to stop and start
+    server = S3Server("rclone", tmp_path / "s3").start()
+    yield server
+    server.stop()

@@ -19,7 +19,8 @@ HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lea
 def test_every_stdout_line_is_one_json_object(finished_run: dict) -> None:
     lines = finished_run["result"].stdout.splitlines()
     assert lines and all(json.loads(line)["logger"] == "trainer" for line in lines)
-    epochs = [r for r in json_lines(finished_run["result"].stdout) if r.get("epoch") and "loss" in r]
+    logged = json_lines(finished_run["result"].stdout)
+    epochs = [r for r in logged if r.get("epoch") and "loss" in r]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert all(r["run_id"] == "tiny" for r in epochs)
 

@@ -53,6 +53,15 @@ class RunArtifacts:
         else:
             self.store.put_file(self.key(name), self.path(name))
 
+    def raise_if_refused(self) -> None:
+        if self._publisher is not None:
+            self._publisher.raise_if_refused()
+
+    def finish_uploads(self, timeout: float) -> None:
+        """Every published file in the store, or TransientError after `timeout` seconds."""
+        if self._publisher is not None:
+            self._publisher.flush(timeout)
+
     def write_json(self, name: str, content: Any) -> None:
         write_atomic(self.path(name), json.dumps(content, indent=2, sort_keys=True).encode())
         self.publish(name)

@@ -37,7 +37,8 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
     from trainer.data import load_dataset
 
     # Data first: a missing or broken dataset fails before TensorFlow starts.
-    dataset = load_dataset(settings.dataset, validation_split=settings.validation_split,
+    dataset = load_dataset(_local(settings, settings.dataset, "datasets"),
+                           validation_split=settings.validation_split,
                            seed=settings.seed, mirror=settings.dataset_mirror)
 
     from trainer.distribution import make_strategy
@@ -74,8 +75,7 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
         "backbone": settings.backbone,
         "preprocessing": preprocessing_name(settings.backbone),
     }
-    local_dir = store.local_run_dir(settings.run_id) or _scratch_dir(settings.run_id)
-    artifacts = _run_artifacts(store, settings.run_id, local_dir) if cluster.is_chief else None
+    artifacts = _run_artifacts(store, settings) if cluster.is_chief else None
     if artifacts:
         artifacts.write_json("config.json", _config(settings, metadata, replicas, dataset))
 
@@ -108,6 +108,7 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
         log.info(f"epoch {epoch}/{settings.epochs}", extra={
             "run_id": settings.run_id, **row, "best_epoch": best_epoch})
         if artifacts:
+            artifacts.raise_if_refused()
             if improved:
                 artifacts.save_model(model, "best.h5", {**metadata, "epoch": epoch})
                 log.info("saved best.h5", extra={"run_id": settings.run_id, "epoch": epoch,
@@ -115,10 +116,13 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
             artifacts.write_history(history)
 
     if artifacts:
+        # The manifest goes last, once every artifact it lists is in the store.
+        artifacts.finish_uploads(settings.upload_timeout)
         manifest = artifacts.manifest(status="finished", best_epoch=best_epoch,
                                       best_value=best_value, monitor=settings.monitor,
                                       epochs_done=len(history))
         artifacts.write_json("manifest.json", manifest)
+        artifacts.finish_uploads(settings.upload_timeout)
         log.info(f"run finished: best {settings.monitor}={best_value:.4f} at epoch {best_epoch}; "
                  f"model at {artifacts.key('best.h5')} in {store.uri}; load it with "
                  f"keras.models.load_model(path) or `trainer predict {settings.run_id} IMAGE`",
@@ -135,22 +139,33 @@ def _finished(store: Store, run_id: str) -> bool:
         return False
 
 
-def _scratch_dir(run_id: str) -> Path:
-    root = Path(os.environ.get("TRAINER_SCRATCH_DIR") or Path(os.environ.get("TMPDIR", "/tmp"))
-                / "trainer-runs")
-    return root / run_id
-
-
-def _run_artifacts(store: Store, run_id: str, local_dir: Path) -> Any:
+def _run_artifacts(store: Store, settings: Settings) -> Any:
     from trainer.artifacts import RunArtifacts
 
-    return RunArtifacts(store, run_id, local_dir)
+    local_dir = store.local_run_dir(settings.run_id)
+    if local_dir is not None:
+        return RunArtifacts(store, settings.run_id, local_dir)
+    from trainer.uploader import Uploader
+
+    local_dir = Path(settings.work_dir) / "runs" / settings.run_id
+    return RunArtifacts(store, settings.run_id, local_dir, publisher=Uploader(store))
+
+
+def _local(settings: Settings, location: str, kind: str) -> str:
+    """An s3:// dataset or weights file, fetched into WORK_DIR (cached); other values as given."""
+    if not location.startswith("s3://"):
+        return location
+    from trainer.s3 import download_uri
+
+    get_logger().info(f"fetching {location}", extra={"run_id": settings.run_id})
+    return str(download_uri(location, Path(settings.work_dir) / kind, settings.s3_endpoint_url,
+                            settings.s3_addressing_style))
 
 
 def _build(settings: Settings, image_size: int, num_classes: int) -> Any:
     from trainer.backbones import build_model
 
-    weights = None if settings.weights == "none" else settings.weights
+    weights = None if settings.weights == "none" else _local(settings, settings.weights, "weights")
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise DataError(f"WEIGHTS={weights} does not exist; give the path of a weights file, "
                         "WEIGHTS=imagenet or WEIGHTS=none")

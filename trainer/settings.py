@@ -43,6 +43,8 @@ class Settings:
     cpu_replicas: int = 1
     log_format: str | None = None
     log_level: str = "INFO"
+    upload_timeout: float = 900.0
+    work_dir: str = "/tmp/trainer"
 
     @property
     def monitor_mode(self) -> str:
@@ -197,6 +199,11 @@ OPTIONS: tuple[Option, ...] = (
            _choice("json", "text")),
     Option("log_level", "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR; DEBUG also shows "
            "tracebacks.", _choice(*LOG_LEVELS, lower=False)),
+    Option("upload_timeout", "UPLOAD_TIMEOUT", "Seconds to wait after training for unreachable "
+           "storage before exiting 75 with the local copies kept.",
+           _number(0.0, None, low_inclusive=True)),
+    Option("work_dir", "WORK_DIR", "Local folder for a run's files before upload, and the cache "
+           "of datasets and weights fetched from S3.", _text),
 )
 
 
