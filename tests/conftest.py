@@ -181,3 +181,26 @@ def rclone_server(tmp_path: Path):  # noqa: ANN201 - a server of its own, to sto
     server = S3Server("rclone", tmp_path / "s3").start()
     yield server
     server.stop()
+
+
+def write_tfrecords(folder: Path, images: list[np.ndarray], labels: list[int]) -> Path:
+    """TFRecord files with `image` (PNG bytes) and `label` (int64), split over two files."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in range(2):
+        with tf.io.TFRecordWriter(str(folder / f"part-{part}.tfrecord")) as writer:
+            for image, label in list(zip(images, labels, strict=True))[part::2]:
+                png = io.BytesIO()
+                Image.fromarray(image).save(png, format="PNG")
+                encoded = tf.train.BytesList(value=[png.getvalue()])
+                feature = {
+                    "image": tf.train.Feature(bytes_list=encoded),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                }
+                example = tf.train.Example(features=tf.train.Features(feature=feature))
+                writer.write(example.SerializeToString())
+    return folder

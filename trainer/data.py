@@ -1,5 +1,6 @@
 """Datasets as arrays or file lists: the keras.datasets built-ins, scikit-learn's digits, an
-.npz in the keras.datasets layout, or a folder of class-named sub-folders of images.
+.npz in the keras.datasets layout, a folder of class-named sub-folders of images, or a folder of
+TFRecord files (`image`: encoded bytes, `label`: int64).
 
 Every failure here is a DataError (exit 3) that names the dataset and what to do.
 """
@@ -27,6 +28,7 @@ class Split:
 
     images: Any
     labels: np.ndarray
+    encoded: bool = False  # images are encoded bytes (from TFRecords), not paths or pixels
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -92,6 +94,8 @@ def load_dataset(
         raise DataError(f"DATASET={name} does not exist; give a built-in name (cifar10, "
                         "cifar100, mnist, fashion_mnist, digits), an .npz file or a folder")
     if path.is_dir():
+        if _tfrecord_files(path) or _tfrecord_files(path / "train"):
+            return _tfrecord_folder(path, validation_split, seed)
         return _image_folder(path, validation_split, seed)
     return _npz(path, validation_split, seed)
 
@@ -267,7 +271,9 @@ def _split(source: str, images: Any, labels: np.ndarray, fraction: float,
             return images[index]
         return [images[i] for i in index]
 
-    return Split(take(train), labels[train]), Split(take(val), labels[val])
+    encoded = bool(len(images)) and isinstance(images[0], bytes)
+    return (Split(take(train), labels[train], encoded),
+            Split(take(val), labels[val], encoded))
 
 
 def _image_folder(root: Path, validation_split: float, seed: int) -> Dataset:
@@ -304,12 +310,69 @@ def _list_images(folder: Path, class_names: list[str]) -> Split:
     return Split(paths, np.asarray(labels, dtype=np.int64))
 
 
-def _image_side(path: str) -> int:
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
+
+
+def _tfrecord_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in TFRECORD_SUFFIXES)
+
+
+def _read_tfrecords(source: Path, files: list[Path]) -> Split:
+    """Every record's encoded `image` bytes and int64 `label`, read in file order."""
+    import tensorflow as tf
+
+    features = {"image": tf.io.FixedLenFeature([], tf.string),
+                "label": tf.io.FixedLenFeature([], tf.int64)}
+    images, labels = [], []
+    try:
+        for record in tf.data.TFRecordDataset([str(f) for f in files]):
+            example = tf.io.parse_single_example(record, features)
+            images.append(example["image"].numpy())
+            labels.append(int(example["label"]))
+    except (tf.errors.OpError, ValueError) as error:
+        message = str(error).splitlines()[0][:200]
+        raise DataError(f"DATASET={source}: TFRecords unreadable ({message}); give records "
+                        "with an `image` (encoded bytes) and an int64 `label`") from None
+    if not images:
+        raise DataError(f"DATASET={source}: the TFRecord files hold no records")
+    return Split(images, _labels(str(source), labels), encoded=True)
+
+
+def _tfrecord_folder(root: Path, validation_split: float, seed: int) -> Dataset:
+    """TFRecords in the folder (or its train/ and val/ or test/); class names from an optional
+    classes.txt, one per line in label order."""
+    train_files = _tfrecord_files(root / "train") or _tfrecord_files(root)
+    train = _read_tfrecords(root, train_files)
+    val_files = _tfrecord_files(root / "val") or _tfrecord_files(root / "test")
+    if val_files:
+        val = _read_tfrecords(root, val_files)
+    else:
+        train, val = _split(str(root), train.images, train.labels, validation_split, seed)
+    if len(np.unique(train.labels)) < 2:
+        raise DataError(f"DATASET={root} has a single class; a classifier needs two or more")
+    classes = int(max(train.labels.max(), val.labels.max())) + 1
+    names_file = root / "classes.txt"
+    names = (names_file.read_text().split("\n") if names_file.is_file() else [])
+    names = [n.strip() for n in names if n.strip()] or [str(i) for i in range(classes)]
+    if len(names) < classes:
+        raise DataError(f"DATASET={root}: labels go up to {classes - 1} but classes.txt names "
+                        f"{len(names)} classes")
+    return Dataset(train, val, tuple(names), native_size=_image_side(train.images[0]),
+                   channels=3)
+
+
+def _image_side(path: str | bytes) -> int:
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
+    source = io.BytesIO(path) if isinstance(path, bytes) else path
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return max(image.size)
     except (OSError, UnidentifiedImageError) as error:
-        raise DataError(f"DATASET: {path} is not a readable image ({error}); remove or "
+        where = "a TFRecord image" if isinstance(path, bytes) else path
+        raise DataError(f"DATASET: {where} is not a readable image ({error}); remove or "
                         "replace it") from error

@@ -34,11 +34,6 @@ def batch_preprocessor(image_size: int, preprocess_input: Callable) -> Callable:
     return preprocess
 
 
-def _decode_file(path: tf.Tensor) -> tf.Tensor:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return image
-
-
 def _source(split: Split, weights: np.ndarray | None = None) -> tf.data.Dataset:
     columns: tuple[Any, ...] = (split.images, split.labels)
     if weights is not None:
@@ -47,12 +42,14 @@ def _source(split: Split, weights: np.ndarray | None = None) -> tf.data.Dataset:
 
 
 def _decoded(ds: tf.data.Dataset, split: Split, image_size: int) -> tf.data.Dataset:
-    """File paths become uint8 images of the training size, decoded in parallel."""
+    """File paths or encoded bytes become uint8 images of the training size, in parallel."""
     if split.in_memory:
         return ds
 
-    def decode(path: tf.Tensor, *rest: tf.Tensor) -> tuple:
-        image = tf.image.resize(_decode_file(path), (image_size, image_size))
+    def decode(source: tf.Tensor, *rest: tf.Tensor) -> tuple:
+        encoded = source if split.encoded else tf.io.read_file(source)
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = tf.image.resize(image, (image_size, image_size))
         return (tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), *rest)
 
     return ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=False)
@@ -89,7 +86,7 @@ def evaluation_input(
     index = np.concatenate([np.arange(len(split)), np.zeros(pad, dtype=np.int64)])
     weights = np.concatenate([np.ones(len(split)), np.zeros(pad)]).astype(np.float32)
     images = split.images[index] if split.in_memory else [split.images[i] for i in index]
-    padded = Split(images, split.labels[index])
+    padded = Split(images, split.labels[index], split.encoded)
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = context.get_per_replica_batch_size(global_batch)
