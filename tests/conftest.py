@@ -204,3 +204,28 @@ def write_tfrecords(folder: Path, images: list[np.ndarray], labels: list[int]) -
                 example = tf.train.Example(features=tf.train.Features(feature=feature))
                 writer.write(example.SerializeToString())
     return folder
+
+
+LOAD_AND_SCORE = """
+import json, sys
+import numpy as np, keras, tensorflow as tf
+from trainer.data import load_dataset
+model = keras.models.load_model(sys.argv[1])
+data = load_dataset(sys.argv[2], validation_split=float(sys.argv[3]), seed=0)
+x = tf.image.grayscale_to_rgb(tf.cast(data.val.images, tf.float32)[..., None])
+x = keras.applications.vgg16.preprocess_input(tf.image.resize(x, (32, 32)))
+predicted = np.argmax(model.predict(x, verbose=0), axis=1)
+print(json.dumps({"accuracy": float(np.mean(predicted == data.val.labels)),
+                  "dtype": str(model.output.dtype)}))
+"""
+
+
+def score_model(model: Path, npz: Path, env: dict[str, str], validation_split: float = 0.25
+                ) -> dict:
+    """A VGG16 tiny-job model loaded in a fresh process with plain Keras, scored on the held-out
+    split of `npz`."""
+    result = subprocess.run([sys.executable, "-c", LOAD_AND_SCORE, str(model), str(npz),
+                             str(validation_split)], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])

@@ -5,12 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_JOB, clean_environ, json_lines, run_entrypoint
+from conftest import TINY_JOB, clean_environ, json_lines, run_entrypoint, score_model
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
                    "seconds", "images_per_second"]
@@ -73,27 +71,9 @@ def test_manifest_lists_every_artifact_with_size_and_sha256(finished_run: dict) 
     assert not [p for p in finished_run["run"].iterdir() if p.name.startswith(".")]
 
 
-LOAD_AND_SCORE = """
-import json, sys
-import numpy as np, keras, tensorflow as tf
-from trainer.data import load_dataset
-model = keras.models.load_model(sys.argv[1])
-data = load_dataset(sys.argv[2], validation_split=0.25, seed=0)
-x = tf.image.grayscale_to_rgb(tf.cast(data.val.images, tf.float32)[..., None])
-x = keras.applications.vgg16.preprocess_input(tf.image.resize(x, (32, 32)))
-predicted = np.argmax(model.predict(x, verbose=0), axis=1)
-print(json.dumps({"accuracy": float(np.mean(predicted == data.val.labels)),
-                  "dtype": str(model.output.dtype)}))
-"""
-
-
 def test_best_h5_loads_in_plain_keras_and_scores_its_epoch(finished_run: dict,
                                                            tiny_npz: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_SCORE, str(finished_run["run"] / "best.h5"),
-         str(tiny_npz)], capture_output=True, text=True, timeout=300, env=finished_run["env"])
-    assert result.returncode == 0, result.stderr
-    scored = json.loads(result.stdout.splitlines()[-1])
+    scored = score_model(finished_run["run"] / "best.h5", tiny_npz, finished_run["env"])
     manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
     assert scored["accuracy"] == pytest.approx(manifest["best_value"], abs=1e-6)
     assert scored["dtype"] == "float32"

@@ -53,6 +53,20 @@ class RunArtifacts:
         else:
             self.store.put_file(self.key(name), self.path(name))
 
+    def adopt(self, name: str) -> None:
+        """Count a file an earlier attempt of this run published (fetched back if remote)."""
+        if self.path(name).is_file() or self.store.get_file(self.key(name), self.path(name)):
+            self.published.add(name)
+
+    def remove(self, name: str) -> None:
+        """Delete a file here and in the store (after whatever was published before it)."""
+        self.path(name).unlink(missing_ok=True)
+        self.published.discard(name)
+        if self._publisher is not None:
+            self._publisher.submit_delete(self.key(name))
+        else:
+            self.store.delete(self.key(name))
+
     def raise_if_refused(self) -> None:
         if self._publisher is not None:
             self._publisher.raise_if_refused()
@@ -97,7 +111,7 @@ class RunArtifacts:
     def manifest(self, **fields: Any) -> dict[str, Any]:
         files = {
             name: {"size": self.path(name).stat().st_size, "sha256": sha256_of(self.path(name))}
-            for name in sorted(self.published)
+            for name in sorted(self.published) if self.path(name).is_file()
         }
         return {**fields, "run_id": self.run_id, "artifacts": files}
 

@@ -2,6 +2,8 @@
 
     python entrypoint.py            # settings from the environment
     trainer train --epochs 3 ...    # the same job with flags
+
+A run whose RUN_ID has resume state continues from it; a finished run exits at once.
 """
 
 from __future__ import annotations
@@ -9,23 +11,45 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainer.backbones import MIN_IMAGE_SIZE
-from trainer.errors import ConfigError, DataError
+from trainer.errors import ConfigError, DataError, Terminated
 from trainer.logs import get_logger
 from trainer.settings import Settings
 from trainer.storage import Store, open_store
 
 PROGRESS_INTERVAL_SECONDS = 30.0
+# Kubernetes' default grace period is 30 s: leave time to save after the current steps.
+TERMINATION_UPLOAD_SECONDS = 15.0
+
+
+@dataclass
+class Training:
+    """What the epoch loop works with, built once per run."""
+
+    settings: Settings
+    loop: Any
+    checkpoint: Any
+    dataset: Any
+    image_size: int
+    global_batch: int
+    steps: int
+    preprocessor: Any
+    metadata: dict[str, Any]
+    artifacts: Any  # None on workers other than the chief
 
 
 def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
-    """Train, keep the best epoch, and finish the run with its manifest."""
+    """Train (or resume), keep the best epoch, and finish the run with its manifest."""
     log = get_logger()
     environ = dict(os.environ if environ is None else environ)
+    stop = _stop_on_sigterm()
     store = open_store(settings.artifact_uri, settings.s3_endpoint_url,
                        settings.s3_addressing_style)
     store.check_writable()
@@ -33,7 +57,24 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
         log.info("run already finished; nothing to do", extra={"run_id": settings.run_id})
         return
     log.info("starting run", extra={"run_id": settings.run_id, "artifact_uri": store.uri})
+    training = _prepare(settings, store, environ)
 
+    from trainer.state import LoopState, restore_state
+
+    local_dir = store.local_run_dir(settings.run_id) or _work_run_dir(settings)
+    state = restore_state(store, settings.run_id, local_dir, training.checkpoint)
+    if state is None:
+        state = LoopState()
+    else:
+        log.info(f"resuming after epoch {state.epoch}" + (f", step {state.step}" if state.step
+                 else ""), extra={"run_id": settings.run_id, "resume_epoch": state.epoch + 1,
+                                  "resume_step": state.step})
+        _republish(training, state)
+    state = _train_epochs(training, state, stop)
+    _finish(training, state, store)
+
+
+def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Training:
     from trainer.data import load_dataset
 
     # Data first: a missing or broken dataset fails before TensorFlow starts.
@@ -55,10 +96,11 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
         )
 
     import keras
+    import tensorflow as tf
 
     from trainer.backbones import preprocess_function, preprocessing_name
     from trainer.loop import Loop
-    from trainer.pipeline import evaluation_input, padded_length, training_input
+    from trainer.pipeline import batch_preprocessor
 
     keras.utils.set_random_seed(settings.seed)
     with strategy.scope():
@@ -67,8 +109,7 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
         # Slots made now, in the strategy's scope: created lazily inside the distributed
         # tf.function they would be per-replica placeholders that MirroredStrategy cannot feed.
         optimizer.build(model.trainable_variables)
-    loop = Loop(strategy, model, optimizer, global_batch)
-    preprocess = preprocess_function(settings.backbone)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     metadata = {
         "class_names": list(dataset.class_names),
         "image_size": image_size,
@@ -78,19 +119,33 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
     artifacts = _run_artifacts(store, settings) if cluster.is_chief else None
     if artifacts:
         artifacts.write_json("config.json", _config(settings, metadata, replicas, dataset))
+    preprocessor = batch_preprocessor(image_size, preprocess_function(settings.backbone))
+    loop = Loop(strategy, model, optimizer, global_batch, settings.steps_per_call)
+    return Training(settings, loop, checkpoint,
+                    dataset, image_size, global_batch, steps, preprocessor, metadata, artifacts)
 
-    from trainer.pipeline import batch_preprocessor
 
-    preprocessor = batch_preprocessor(image_size, preprocess)
-    evaluation_fn = evaluation_input(dataset.val, image_size, preprocessor, global_batch)
-    evaluation_steps = padded_length(len(dataset.val), global_batch) // global_batch
-    history: list[dict[str, Any]] = []
-    best_value: float | None = None
-    best_epoch = 0
-    for epoch in range(1, settings.epochs + 1):
-        training_fn = training_input(dataset.train, image_size, preprocessor, global_batch,
-                                     settings.seed, epoch)
-        metrics = loop.train_epoch(training_fn, steps, _progress_logger(epoch))
+def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
+    """Epochs after `state` to the last; returns the final state."""
+    from trainer.pipeline import evaluation_input, padded_length, training_input
+    from trainer.state import LoopState, save_state
+
+    log = get_logger()
+    settings, loop, artifacts = training.settings, training.loop, training.artifacts
+    evaluation_fn = evaluation_input(training.dataset.val, training.image_size,
+                                     training.preprocessor, training.global_batch)
+    evaluation_steps = padded_length(len(training.dataset.val), training.global_batch)
+    evaluation_steps //= training.global_batch
+    for epoch in range(state.epoch + 1, settings.epochs + 1):
+        training_fn = training_input(training.dataset.train, training.image_size,
+                                     training.preprocessor, training.global_batch,
+                                     settings.seed, epoch, skip_steps=state.step)
+        metrics = loop.train_epoch(training_fn, training.steps, _progress_logger(epoch),
+                                   stop.is_set, start_step=state.step,
+                                   partial=tuple(state.partial))
+        if not metrics.completed:
+            state.step, state.partial = metrics.steps_done, list(metrics.totals)
+            _save_and_stop(training, state, f"epoch {epoch}, step {metrics.steps_done}")
         val_loss, val_accuracy = loop.evaluate(evaluation_fn, evaluation_steps)
         row = {
             "epoch": epoch, "loss": metrics.loss, "accuracy": metrics.accuracy,
@@ -98,35 +153,100 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
             "learning_rate": loop.learning_rate, "seconds": round(metrics.seconds, 3),
             "images_per_second": round(metrics.images / max(metrics.seconds, 1e-9), 1),
         }
-        history.append(row)
         value = row[settings.monitor]
-        improved = best_value is None or (
-            value > best_value if settings.monitor_mode == "max" else value < best_value
+        improved = state.best_value is None or (
+            value > state.best_value if settings.monitor_mode == "max" else value < state.best_value
         )
-        if improved:
-            best_value, best_epoch = value, epoch
+        state = LoopState(epoch=epoch, best_value=value if improved else state.best_value,
+                          best_epoch=epoch if improved else state.best_epoch,
+                          history=[*state.history, row])
         log.info(f"epoch {epoch}/{settings.epochs}", extra={
-            "run_id": settings.run_id, **row, "best_epoch": best_epoch})
+            "run_id": settings.run_id, **row, "best_epoch": state.best_epoch})
         if artifacts:
             artifacts.raise_if_refused()
+            # The state first: it is what a restart trusts; best.h5 and history follow from it.
+            save_state(artifacts, training.checkpoint, state)
             if improved:
-                artifacts.save_model(model, "best.h5", {**metadata, "epoch": epoch})
-                log.info("saved best.h5", extra={"run_id": settings.run_id, "epoch": epoch,
-                                                 settings.monitor: value})
-            artifacts.write_history(history)
+                _save_best(training, epoch, value)
+            artifacts.write_history(state.history)
+        if stop.is_set() and epoch < settings.epochs:
+            _save_and_stop(training, state, f"the end of epoch {epoch}", saved=True)
+    return state
 
-    if artifacts:
-        # The manifest goes last, once every artifact it lists is in the store.
-        artifacts.finish_uploads(settings.upload_timeout)
-        manifest = artifacts.manifest(status="finished", best_epoch=best_epoch,
-                                      best_value=best_value, monitor=settings.monitor,
-                                      epochs_done=len(history))
-        artifacts.write_json("manifest.json", manifest)
-        artifacts.finish_uploads(settings.upload_timeout)
-        log.info(f"run finished: best {settings.monitor}={best_value:.4f} at epoch {best_epoch}; "
-                 f"model at {artifacts.key('best.h5')} in {store.uri}; load it with "
-                 f"keras.models.load_model(path) or `trainer predict {settings.run_id} IMAGE`",
-                 extra={"run_id": settings.run_id, "best_epoch": best_epoch})
+
+def _save_best(training: Training, epoch: int, value: float) -> None:
+    training.artifacts.save_model(training.loop.model, "best.h5",
+                                  {**training.metadata, "epoch": epoch})
+    get_logger().info("saved best.h5", extra={"run_id": training.settings.run_id,
+                                              "epoch": epoch, training.settings.monitor: value})
+
+
+def _republish(training: Training, state: Any) -> None:
+    """After a restart: history from the state, and best.h5 again if the restored model is the
+    best one (the previous attempt may have stopped between the state and best.h5)."""
+    if training.artifacts and state.history:
+        training.artifacts.write_history(state.history)
+        if state.best_epoch == state.epoch and state.step == 0:
+            _save_best(training, state.epoch, state.best_value)
+        else:
+            training.artifacts.adopt("best.h5")
+
+
+def _save_and_stop(training: Training, state: Any, where: str, saved: bool = False) -> None:
+    from trainer.state import save_state
+
+    if training.artifacts:
+        if not saved:
+            save_state(training.artifacts, training.checkpoint, state)
+        training.artifacts.finish_uploads(min(training.settings.upload_timeout,
+                                              TERMINATION_UPLOAD_SECONDS))
+    raise Terminated(f"stopped by SIGTERM at {where} after saving its state; run again with "
+                     f"RUN_ID={training.settings.run_id} to resume")
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 over every variable (BatchNormalization statistics too): equal on every worker."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for variable in model.variables:
+        digest.update(variable.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _finish(training: Training, state: Any, store: Store) -> None:
+    artifacts, settings = training.artifacts, training.settings
+    if not artifacts:
+        get_logger().info("worker finished; the chief writes the artifacts",
+                          extra={"run_id": settings.run_id,
+                                 "weights_sha256": weights_digest(training.loop.model)})
+        return
+    # The manifest goes last, once every artifact it lists is in the store.
+    artifacts.finish_uploads(settings.upload_timeout)
+    manifest = artifacts.manifest(status="finished", best_epoch=state.best_epoch,
+                                  best_value=state.best_value, monitor=settings.monitor,
+                                  epochs_done=len(state.history))
+    artifacts.write_json("manifest.json", manifest)
+    artifacts.finish_uploads(settings.upload_timeout)
+    get_logger().info(
+        f"run finished: best {settings.monitor}={state.best_value:.4f} at epoch "
+        f"{state.best_epoch}; model at {artifacts.key('best.h5')} in {store.uri}; load it with "
+        f"keras.models.load_model(path) or `trainer predict {settings.run_id} IMAGE`",
+        extra={"run_id": settings.run_id, "best_epoch": state.best_epoch,
+               "weights_sha256": weights_digest(training.loop.model)})
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """SIGTERM (Kubernetes stopping the pod) asks the loop to save and stop after its steps."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        get_logger().warning("SIGTERM received: saving state after the current steps")
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, request_stop)
+    return stop
 
 
 def _finished(store: Store, run_id: str) -> bool:
@@ -139,6 +259,10 @@ def _finished(store: Store, run_id: str) -> bool:
         return False
 
 
+def _work_run_dir(settings: Settings) -> Path:
+    return Path(settings.work_dir) / "runs" / settings.run_id
+
+
 def _run_artifacts(store: Store, settings: Settings) -> Any:
     from trainer.artifacts import RunArtifacts
 
@@ -147,8 +271,8 @@ def _run_artifacts(store: Store, settings: Settings) -> Any:
         return RunArtifacts(store, settings.run_id, local_dir)
     from trainer.uploader import Uploader
 
-    local_dir = Path(settings.work_dir) / "runs" / settings.run_id
-    return RunArtifacts(store, settings.run_id, local_dir, publisher=Uploader(store))
+    return RunArtifacts(store, settings.run_id, _work_run_dir(settings),
+                        publisher=Uploader(store))
 
 
 def _local(settings: Settings, location: str, kind: str) -> str:
@@ -212,6 +336,3 @@ def _config(settings: Settings, metadata: dict[str, Any], replicas: int, dataset
                      "keras": keras.__version__, "numpy": numpy.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-__all__ = ["run_job"]

@@ -19,11 +19,25 @@ SUM = tf.distribute.ReduceOp.SUM
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    loss: float
-    accuracy: float
-    images: int
-    seconds: float
+    totals: tuple[float, float, float, float]  # loss sum, correct, images, seconds
+    steps_done: int
     completed: bool  # False when a stop was requested before the last step
+
+    @property
+    def loss(self) -> float:
+        return self.totals[0] / max(self.totals[2], 1.0)
+
+    @property
+    def accuracy(self) -> float:
+        return self.totals[1] / max(self.totals[2], 1.0)
+
+    @property
+    def images(self) -> int:
+        return int(self.totals[2])
+
+    @property
+    def seconds(self) -> float:
+        return self.totals[3]
 
 
 class Loop:
@@ -83,21 +97,23 @@ class Loop:
         steps: int,
         on_progress: Callable[[int, int], None] = lambda done, steps: None,
         stop_requested: Callable[[], bool] = lambda: False,
+        start_step: int = 0,
+        partial: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0),
     ) -> EpochMetrics:
+        """Steps `start_step`..`steps` of an epoch, `partial` holding the earlier steps' sums.
+        Stops early, after a whole call of steps, when `stop_requested()`."""
         started = time.perf_counter()
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
-        totals = [0.0, 0.0, 0.0]
-        done = 0
+        totals = list(partial[:3])
+        done = start_step
         while done < steps and not stop_requested():
             chunk = min(self.steps_per_call, steps - done)
             results = self._train(iterator, tf.constant(chunk))
             totals = [t + float(v) for t, v in zip(totals, results, strict=True)]
             done += chunk
             on_progress(done, steps)
-        loss_sum, correct, count = totals
-        return EpochMetrics(loss=loss_sum / max(count, 1), accuracy=correct / max(count, 1),
-                            images=int(count), seconds=time.perf_counter() - started,
-                            completed=done == steps)
+        seconds = partial[3] + time.perf_counter() - started
+        return EpochMetrics(totals=(*totals, seconds), steps_done=done, completed=done == steps)
 
     def evaluate(self, dataset_fn: Callable, steps: int) -> tuple[float, float]:
         """Loss and accuracy over every example exactly once."""

@@ -56,16 +56,20 @@ def _decoded(ds: tf.data.Dataset, split: Split, image_size: int) -> tf.data.Data
 
 
 def training_input(
-    split: Split, image_size: int, preprocess: Callable, global_batch: int, seed: int, epoch: int
+    split: Split, image_size: int, preprocess: Callable, global_batch: int, seed: int, epoch: int,
+    skip_steps: int = 0,
 ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-    """A dataset function for `strategy.distribute_datasets_from_function`, for one epoch."""
+    """A dataset function for `strategy.distribute_datasets_from_function`, for one epoch,
+    starting after `skip_steps` steps (a run resumed mid-epoch)."""
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = context.get_per_replica_batch_size(global_batch)
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
         ds = _source(split).shard(context.num_input_pipelines, context.input_pipeline_id)
         # Seeded by epoch, so a resumed run sees the order it would have seen.
         ds = ds.shuffle(len(split), seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
-        ds = _decoded(ds.repeat(), split, image_size)
+        ds = ds.repeat().skip(skip_steps * local_replicas * per_replica)
+        ds = _decoded(ds, split, image_size)
         ds = ds.batch(per_replica, drop_remainder=True)
         ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
         return ds.prefetch(AUTOTUNE)

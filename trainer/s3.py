@@ -162,6 +162,14 @@ class S3Store(Store):
         os.replace(temporary, path)
         return True
 
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as error:
+            raise self._error(error, key) from None
+
     def list_objects(self, prefix: str) -> list[dict[str, Any]]:
         """Objects under `prefix` (relative to this store): Key (relative), Size, ETag."""
         from botocore.exceptions import BotoCoreError, ClientError

@@ -44,6 +44,7 @@ class Settings:
     log_format: str | None = None
     log_level: str = "INFO"
     upload_timeout: float = 900.0
+    steps_per_call: int = 10
     work_dir: str = "/tmp/trainer"
 
     @property
@@ -202,6 +203,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("upload_timeout", "UPLOAD_TIMEOUT", "Seconds to wait after training for unreachable "
            "storage before exiting 75 with the local copies kept.",
            _number(0.0, None, low_inclusive=True)),
+    Option("steps_per_call", "STEPS_PER_CALL", "Training steps per compiled call: more keeps a "
+           "GPU busier; SIGTERM is answered after the current call.", _integer(1, 10000)),
     Option("work_dir", "WORK_DIR", "Local folder for a run's files before upload, and the cache "
            "of datasets and weights fetched from S3.", _text),
 )

@@ -35,6 +35,10 @@ class Store(ABC):
         """Download `key` to `path` (atomically); False when there is no such object."""
 
     @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; no error when it is already gone."""
+
+    @abstractmethod
     def list_runs(self) -> list[str]:
         """The run ids under this store."""
 
@@ -105,6 +109,9 @@ class LocalStore(Store):
         shutil.copyfile(source, temporary)
         os.replace(temporary, path)
         return True
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
 
     def list_runs(self) -> list[str]:
         if not self.root.is_dir():

@@ -21,7 +21,7 @@ class Uploader:
     def __init__(self, store: Store, first_backoff: float = 1.0) -> None:
         self.store = store
         self.first_backoff = first_backoff
-        self._pending: dict[str, Path] = {}
+        self._pending: dict[str, Path | None] = {}
         self._submitted: dict[str, int] = {}
         self._condition = threading.Condition()
         self._failure: StorageError | None = None
@@ -29,12 +29,18 @@ class Uploader:
         self._thread = threading.Thread(target=self._work, name="uploader", daemon=True)
         self._thread.start()
 
-    def submit(self, key: str, path: Path) -> None:
+    def submit(self, key: str, path: Path | None) -> None:
+        """Upload `path` as `key` (None: delete `key`) after everything submitted before it."""
         with self._condition:
             self.raise_if_refused()
+            # Re-queued at the end: a pointer must not overtake the files it points at.
+            self._pending.pop(key, None)
             self._pending[key] = path
             self._submitted[key] = self._submitted.get(key, 0) + 1
             self._condition.notify_all()
+
+    def submit_delete(self, key: str) -> None:
+        self.submit(key, None)
 
     def raise_if_refused(self) -> None:
         """Storage refusing (not merely unreachable) is final: stop the run with exit 4."""
@@ -53,7 +59,10 @@ class Uploader:
                 key, path = next(iter(self._pending.items()))
                 version = self._submitted[key]
             try:
-                self.store.put_file(key, path)
+                if path is None:
+                    self.store.delete(key)
+                else:
+                    self.store.put_file(key, path)
             except TransientError as error:
                 log.warning(f"upload of {key} failed, retrying in {backoff:.0f} s: {error}",
                             extra={"key": key})
@@ -84,7 +93,7 @@ class Uploader:
                     break
                 self._condition.wait(timeout=min(remaining, 1.0))
             self.raise_if_refused()
-            left = list(self._pending.values())
+            left = [p for p in self._pending.values() if p is not None]
         if left:
             self.close()
             listing = ", ".join(str(p) for p in left)

@@ -1,0 +1,105 @@
+"""Resume state: what a restarted run needs, under the run's `state/`.
+
+Published by write-then-point: each save writes new files (a tf.train.Checkpoint of the model and
+optimizer, and a JSON of the loop's own state), then replaces the small pointer `state/LATEST.json`,
+which lists the newest states and the sha256 of each of their files. A crash mid-save leaves the
+pointer on the previous state; a state whose files do not match falls back to the one before.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.artifacts import RunArtifacts, sha256_of
+from trainer.logs import get_logger
+from trainer.storage import Store, write_atomic
+
+POINTER = "state/LATEST.json"
+KEEP_STATES = 2
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands: `epoch` epochs done, plus `step` steps of the next one."""
+
+    epoch: int = 0
+    step: int = 0
+    partial: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    best_value: float | None = None
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.epoch:05d}-{self.step:07d}"
+
+
+def _files(name: str) -> list[str]:
+    return [f"state/ckpt-{name}.index", f"state/ckpt-{name}.data-00000-of-00001",
+            f"state/loop-{name}.json"]
+
+
+def save_state(artifacts: RunArtifacts, checkpoint: Any, state: LoopState) -> None:
+    """Write the new state's files, then point at them; drop states no longer pointed at."""
+    name = state.name
+    checkpoint.write(str(artifacts.path(f"state/ckpt-{name}")))
+    write_atomic(artifacts.path(f"state/loop-{name}.json"), json.dumps(asdict(state)).encode())
+    entry = {"name": name, "epoch": state.epoch, "step": state.step,
+             "files": {f: sha256_of(artifacts.path(f)) for f in _files(name)}}
+    for file in _files(name):
+        artifacts.publish(file)
+    previous = _read_pointer(artifacts.store, artifacts.run_id)
+    kept = [entry] + [s for s in previous if s["name"] != name][: KEEP_STATES - 1]
+    write_atomic(artifacts.path(POINTER), json.dumps({"states": kept}, indent=2).encode())
+    artifacts.publish(POINTER)
+    for dropped in previous[KEEP_STATES - 1:]:
+        if dropped["name"] != name:
+            for file in dropped["files"]:
+                artifacts.remove(file)
+
+
+def _read_pointer(store: Store, run_id: str) -> list[dict[str, Any]]:
+    raw = store.read_bytes(f"{run_id}/{POINTER}")
+    try:
+        return list(json.loads(raw)["states"]) if raw else []
+    except (ValueError, KeyError, TypeError):
+        get_logger().warning(f"{POINTER} is unreadable; starting the run from scratch")
+        return []
+
+
+def restore_state(store: Store, run_id: str, local_dir: Path, checkpoint: Any) -> LoopState | None:
+    """The newest state whose files are all intact, restored into `checkpoint`; None if none."""
+    log = get_logger()
+    for entry in _read_pointer(store, run_id):
+        problem = _fetch_verified(store, run_id, local_dir, entry)
+        if problem is None:
+            checkpoint.read(str(local_dir / f"state/ckpt-{entry['name']}")).expect_partial()
+            loaded = json.loads((local_dir / f"state/loop-{entry['name']}.json").read_text())
+            return LoopState(**loaded)
+        log.warning(f"resume state {entry['name']} is unusable ({problem}); falling back to "
+                    "the previous state", extra={"run_id": run_id})
+    return None
+
+
+def _fetch_verified(store: Store, run_id: str, local_dir: Path, entry: dict) -> str | None:
+    """Bring a state's files next to the run (a no-op for a local store), checking sha256."""
+    for file, digest in entry["files"].items():
+        target = local_dir / file
+        if store.local_run_dir(run_id) is None and not (
+                target.is_file() and sha256_of(target) == digest):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not store.get_file(f"{run_id}/{file}", target):
+                return f"{file} is missing"
+        if not target.is_file():
+            return f"{file} is missing"
+        if sha256_of(target) != digest:
+            return f"{file} does not match its sha256"
+    return None
+
+
+def clear_local_state(local_dir: Path) -> None:
+    shutil.rmtree(local_dir / "state", ignore_errors=True)
