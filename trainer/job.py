@@ -84,7 +84,7 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
 
     from trainer.distribution import make_strategy
 
-    strategy, cluster = make_strategy(settings.cpu_replicas, environ)
+    strategy, cluster = make_strategy(settings.cpu_replicas, environ, settings.peer_timeout)
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.batch_size * replicas
     image_size = settings.image_size or max(dataset.native_size, MIN_IMAGE_SIZE[settings.backbone])
