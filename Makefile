@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run test lint bench clean s3-local
 
 venv: $(STAMP)
 
@@ -19,6 +19,14 @@ run: $(STAMP)
 	DATASET=digits BACKBONE=VGG16 WEIGHTS=none IMAGE_SIZE=32 LEARNING_RATE=1e-4 EPOCHS=2 \
 	BATCH_SIZE=32 ARTIFACT_URI=./runs $(BIN)/python entrypoint.py
 
+# A local S3-compatible server (rclone's, which checks credentials) to try ARTIFACT_URI=s3://...
+S3_LOCAL_PORT ?= 9000
+s3-local: $(STAMP)
+	mkdir -p s3-data/runs
+	@echo "S3 on http://127.0.0.1:$(S3_LOCAL_PORT): key trainer, secret trainer-secret, bucket runs (Ctrl-C stops)"
+	RCLONE_CONFIG=/nonexistent $(BIN)/rclone serve s3 --addr 127.0.0.1:$(S3_LOCAL_PORT) \
+		--auth-key trainer,trainer-secret s3-data
+
 lint: $(STAMP)
 	$(BIN)/ruff check trainer tests entrypoint.py
 
@@ -27,4 +35,4 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs s3-data

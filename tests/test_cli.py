@@ -105,3 +105,10 @@ def test_predict_names_classes_for_images(finished_run: dict, tiny_npz: Path,
         names = [part.split()[0] for part in lines[0].split(": ", 1)[1].split(", ")]
         assert len(names) == 2 and set(names) <= {"0", "1", "2", "3"}
     del labels
+
+
+def test_the_readme_documents_every_setting_and_the_two_commands() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for option in OPTIONS:
+        assert f"| `{option.variable}` | `{option.flag}` |" in readme, option.variable
+    assert "make run" in readme and "make test" in readme

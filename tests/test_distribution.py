@@ -6,7 +6,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +69,7 @@ def test_two_workers_train_together_and_only_the_chief_writes(tiny_npz: Path,
         env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), RUN_ID="together",
                             ARTIFACT_URI=str(tmp_path / f"store-{index}"),
                             WORK_DIR=str(tmp_path / f"work-{index}"),
-                            TF_CONFIG=json.dumps(tf_config), PEER_TIMEOUT="300")
+                            TF_CONFIG=json.dumps(tf_config))
         processes.append(subprocess.Popen([sys.executable, "entrypoint.py"], env=env, cwd=REPO,
                                           text=True, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE))
@@ -85,17 +84,3 @@ def test_two_workers_train_together_and_only_the_chief_writes(tiny_npz: Path,
     assert not (tmp_path / "store-1" / "together").exists()
     config = json.loads((chief_run / "config.json").read_text())
     assert config["replicas"] == 2
-
-
-def test_a_worker_whose_peers_never_come_exits_75_naming_them(tiny_npz: Path,
-                                                             tmp_path: Path) -> None:
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
-    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path),
-                        TF_CONFIG=json.dumps(tf_config), PEER_TIMEOUT="5")
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "entrypoint.py"], env=env, cwd=REPO, text=True,
-                            capture_output=True, timeout=120)
-    assert result.returncode == 75
-    assert workers[1] in result.stderr and "PEER_TIMEOUT=5" in result.stderr
-    assert time.monotonic() - started < 60

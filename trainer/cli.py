@@ -136,12 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "LOG_LEVEL=DEBUG for the traceback and report it", INTERNAL_ERROR, debug)
 
 
-def exit_now(error: TrainerError) -> None:
-    """For a watchdog thread while the main thread is stuck in native code (a peer that never
-    answers): report as any failure would, then end the process at once."""
-    os._exit(_fail(str(error), error.exit_code, debug=False))
-
-
 def _fail(message: str, code: int, debug: bool) -> int:
     line = " ".join(message.split())
     if debug:

@@ -88,7 +88,7 @@ def resolve_cluster(environ: Mapping[str, str]) -> tuple[Cluster, dict[str, Any]
 
 
 def make_strategy(
-    cpu_replicas: int, environ: Mapping[str, str] | None = None, peer_timeout: float = 600.0
+    cpu_replicas: int, environ: Mapping[str, str] | None = None
 ) -> tuple[Any, Cluster]:
     """MultiWorkerMirroredStrategy across nodes, MirroredStrategy over several local devices,
     else the default strategy on the one device."""
@@ -103,7 +103,7 @@ def make_strategy(
         )
     if cluster.is_multi_worker:
         os.environ["TF_CONFIG"] = json.dumps(config)
-        return _connect(cluster, peer_timeout), cluster
+        return tf.distribute.MultiWorkerMirroredStrategy(), cluster
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     if len(devices) == 1:
@@ -111,30 +111,3 @@ def make_strategy(
         # per-step overhead (measured here: 30% fewer images per second on one CPU).
         return tf.distribute.get_strategy(), cluster
     return tf.distribute.MirroredStrategy(devices=devices), cluster
-
-
-def _connect(cluster: Cluster, peer_timeout: float) -> Any:
-    """MultiWorkerMirroredStrategy, which waits in native code until every worker has joined;
-    a watchdog ends the process with exit 75 if that takes longer than `peer_timeout`."""
-    import threading
-
-    import tensorflow as tf
-
-    from trainer.errors import TransientError
-
-    joined = threading.Event()
-
-    def watchdog() -> None:
-        if not joined.wait(peer_timeout):
-            from trainer.cli import exit_now
-
-            peers = ", ".join(w for i, w in enumerate(cluster.workers) if i != cluster.index)
-            exit_now(TransientError(
-                f"worker {cluster.index} could not reach its peers {peers} within "
-                f"PEER_TIMEOUT={peer_timeout:g} s; check that every worker pod is running and "
-                "that the headless Service resolves"))
-
-    threading.Thread(target=watchdog, name="peer-watchdog", daemon=True).start()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    joined.set()
-    return strategy

@@ -49,7 +49,6 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
     """Train (or resume), keep the best epoch, and finish the run with its manifest."""
     log = get_logger()
     environ = dict(os.environ if environ is None else environ)
-    stop = _stop_on_sigterm()
     store = open_store(settings.artifact_uri, settings.s3_endpoint_url,
                        settings.s3_addressing_style)
     store.check_writable()
@@ -58,6 +57,8 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
         return
     log.info("starting run", extra={"run_id": settings.run_id, "artifact_uri": store.uri})
     training = _prepare(settings, store, environ)
+    # After the strategy: MultiWorkerMirroredStrategy installs a SIGTERM handler of its own.
+    stop = _stop_on_sigterm()
 
     from trainer.state import LoopState, restore_state
 
@@ -84,7 +85,7 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
 
     from trainer.distribution import make_strategy
 
-    strategy, cluster = make_strategy(settings.cpu_replicas, environ, settings.peer_timeout)
+    strategy, cluster = make_strategy(settings.cpu_replicas, environ)
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.batch_size * replicas
     image_size = settings.image_size or max(dataset.native_size, MIN_IMAGE_SIZE[settings.backbone])

@@ -45,7 +45,6 @@ class Settings:
     log_level: str = "INFO"
     upload_timeout: float = 900.0
     steps_per_call: int = 10
-    peer_timeout: float = 600.0
     work_dir: str = "/tmp/trainer"
 
     @property
@@ -206,8 +205,6 @@ OPTIONS: tuple[Option, ...] = (
            _number(0.0, None, low_inclusive=True)),
     Option("steps_per_call", "STEPS_PER_CALL", "Training steps per compiled call: more keeps a "
            "GPU busier; SIGTERM is answered after the current call.", _integer(1, 10000)),
-    Option("peer_timeout", "PEER_TIMEOUT", "Multi-worker runs: seconds to wait for every "
-           "worker to join before exiting 75.", _number(0.0, None, low_inclusive=False)),
     Option("work_dir", "WORK_DIR", "Local folder for a run's files before upload, and the cache "
            "of datasets and weights fetched from S3.", _text),
 )
