@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench clean s3-local
+.PHONY: venv run test lint bench clean s3-local container-test
 
 venv: $(STAMP)
 
@@ -34,5 +34,14 @@ test: $(STAMP)
 	$(BIN)/ruff check trainer tests entrypoint.py
 	$(BIN)/python -m pytest
 
+# Builds the Dockerfile with buildah and runs a tiny job in it against S3 on loopback (root).
+container-test: $(STAMP)
+	bash scripts/container-test.sh
+
+# Figures in BENCHMARKS.md, measured side by side on this machine.
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py
+
 clean:
 	rm -rf $(VENV) runs s3-data
+include mk/deploy.mk

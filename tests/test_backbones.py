@@ -61,3 +61,16 @@ def test_a_weights_file_of_another_backbone_is_a_data_error(tmp_path: Path) -> N
     build_model("VGG19", "avg", 32, 3, None).save_weights(tmp_path / "vgg19.weights.h5")
     with pytest.raises(DataError, match="WEIGHTS=.*vgg19.weights.h5 does not fit"):
         build_model("VGG16", "avg", 32, 3, str(tmp_path / "vgg19.weights.h5"))
+
+
+def test_baked_weights_are_linked_into_an_empty_keras_cache(tmp_path: Path) -> None:
+    from trainer.backbones import link_baked_weights
+
+    baked = tmp_path / "opt-keras" / "models"
+    baked.mkdir(parents=True)
+    (baked / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"weights")
+    home = tmp_path / "home-keras"
+    home.mkdir()
+    link_baked_weights({"BAKED_KERAS_HOME": str(baked.parent), "KERAS_HOME": str(home)})
+    linked = home / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert linked.read_bytes() == b"weights"

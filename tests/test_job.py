@@ -98,3 +98,18 @@ def test_two_cpu_replicas_train_with_mirrored_strategy(tiny_npz: Path, tmp_path:
     assert [row["epoch"] for row in history] == [1, 2]
     # 36 training images, global batch 16: two whole steps an epoch
     assert all(row["images_per_second"] > 0 for row in history)
+
+
+@pytest.mark.parametrize(("name", "min_width"), [("samples.png", 600), ("curves.png", 800)])
+def test_pictures_are_real_images_listed_in_the_manifest(finished_run: dict, name: str,
+                                                         min_width: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(finished_run["run"] / name) as image:
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert pixels.shape[1] >= min_width and pixels.shape[0] >= 300
+    assert pixels.std() > 10  # not a blank canvas
+    assert (pixels < 128).mean() > 0.01  # something is drawn
+    manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
+    assert name in manifest["artifacts"]

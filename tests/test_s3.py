@@ -178,10 +178,12 @@ def _watch(process: subprocess.Popen, lines: list[str]) -> threading.Thread:
     return thread
 
 
-def _wait_for(lines: list[str], text: str, timeout: float = 300) -> None:
+def _wait_for(process: subprocess.Popen, lines: list[str], text: str,
+              timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not any(text in line for line in lines):
         assert time.monotonic() < deadline, f"no {text!r} in {lines}"
+        assert process.poll() is None, f"exited {process.returncode} before {text!r}: {lines}"
         time.sleep(0.2)
 
 
@@ -202,10 +204,10 @@ def test_training_goes_on_through_a_storage_outage(
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines: list[str] = []
     reader = _watch(process, lines)
-    _wait_for(lines, '"message": "starting run"')
+    _wait_for(process, lines, '"message": "starting run"')
     rclone_server.stop()
     if outage == "brief":
-        _wait_for(lines, '"epoch 2/4"')
+        _wait_for(process, lines, '"epoch 2/4"')
         rclone_server.start()
     code = process.wait(timeout=600)
     reader.join(timeout=10)

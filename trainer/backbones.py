@@ -7,6 +7,8 @@ tests/test_backbones.py checks it against the installed keras.applications.
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 from typing import Any
 
 # Canonical keras.applications name -> smallest input side it accepts with include_top=False.
@@ -73,6 +75,24 @@ def build_model(
     if weights not in (None, "imagenet"):
         _load_weights_file(model, base, weights)
     return model
+
+
+def link_baked_weights(environ: dict[str, str]) -> None:
+    """ImageNet weights baked into the image (BAKED_KERAS_HOME/models) linked into the Keras
+    cache, which on Kubernetes is an empty writable volume, so Keras finds them offline."""
+    baked = Path(environ.get("BAKED_KERAS_HOME", "")) / "models"
+    if not environ.get("BAKED_KERAS_HOME") or not baked.is_dir():
+        return
+    home = Path(environ.get("KERAS_HOME") or Path.home() / ".keras")
+    if not os.access(home if home.exists() else home.parent, os.W_OK):
+        home = Path("/tmp/.keras")  # where Keras itself falls back to
+    cache = home / "models"
+    if cache.resolve() == baked.resolve():
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    for file in baked.iterdir():
+        if not (cache / file.name).exists():
+            (cache / file.name).symlink_to(file)
 
 
 def _synchronize_batch_norm(base: Any) -> None:

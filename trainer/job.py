@@ -120,6 +120,7 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
     artifacts = _run_artifacts(store, settings) if cluster.is_chief else None
     if artifacts:
         artifacts.write_json("config.json", _config(settings, metadata, replicas, dataset))
+        _save_samples(artifacts, dataset)
     preprocessor = batch_preprocessor(image_size, preprocess_function(settings.backbone))
     loop = Loop(strategy, model, optimizer, global_batch, settings.steps_per_call)
     return Training(settings, loop, checkpoint,
@@ -170,9 +171,38 @@ def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
             if improved:
                 _save_best(training, epoch, value)
             artifacts.write_history(state.history)
+            _save_curves(artifacts, state, settings.monitor)
         if stop.is_set() and epoch < settings.epochs:
             _save_and_stop(training, state, f"the end of epoch {epoch}", saved=True)
     return state
+
+
+def _save_samples(artifacts: Any, dataset: Any, count: int = 32) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from trainer.plots import save_samples
+
+    split = dataset.train
+    chosen = np.random.default_rng(0).permutation(len(split))[:count]
+    if split.in_memory:
+        images = [split.images[i] for i in chosen]
+    else:
+        sources = [io.BytesIO(split.images[i]) if split.encoded else split.images[i]
+                   for i in chosen]
+        images = [np.asarray(Image.open(source).convert("RGB")) for source in sources]
+    names = [dataset.class_names[split.labels[i]] for i in chosen]
+    save_samples(images, names, artifacts.path("samples.png"))
+    artifacts.publish("samples.png")
+
+
+def _save_curves(artifacts: Any, state: Any, monitor: str) -> None:
+    from trainer.plots import save_curves
+
+    save_curves(state.history, state.best_epoch, monitor, artifacts.path("curves.png"))
+    artifacts.publish("curves.png")
 
 
 def _save_best(training: Training, epoch: int, value: float) -> None:
@@ -288,9 +318,11 @@ def _local(settings: Settings, location: str, kind: str) -> str:
 
 
 def _build(settings: Settings, image_size: int, num_classes: int) -> Any:
-    from trainer.backbones import build_model
+    from trainer.backbones import build_model, link_baked_weights
 
     weights = None if settings.weights == "none" else _local(settings, settings.weights, "weights")
+    if weights == "imagenet":
+        link_baked_weights(dict(os.environ))
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise DataError(f"WEIGHTS={weights} does not exist; give the path of a weights file, "
                         "WEIGHTS=imagenet or WEIGHTS=none")

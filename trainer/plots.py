@@ -1,0 +1,61 @@
+"""The tutorial's pictures, rendered headless: a grid of training samples, and training curves."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.storage import write_atomic
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_samples(images: list[np.ndarray], labels: list[str], path: Path, columns: int = 8) -> None:
+    """A grid of training images (uint8, H x W or H x W x C) titled with their class names."""
+    plt = _pyplot()
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.4, rows * 1.6), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, label in zip(axes.flat, images, labels, strict=False):
+        image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+        axis.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+        axis.set_title(label, fontsize=8)
+    _write(plt, figure, path)
+
+
+def save_curves(history: list[dict[str, Any]], best_epoch: int, monitor: str, path: Path) -> None:
+    """Loss and accuracy, training and validation, against epoch; the best epoch marked."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        axis.plot(epochs, [row[metric] for row in history], "o-", label=f"training {metric}")
+        axis.plot(epochs, [row[f"val_{metric}"] for row in history], "s-",
+                  label=f"validation {metric}")
+        axis.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch ({monitor})")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(metric)
+        axis.set_xticks(epochs)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    _write(plt, figure, path)
+
+
+def _write(plt: Any, figure: Any, path: Path) -> None:
+    """As PNG, atomically like every other artifact."""
+    figure.tight_layout()
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
+    plt.close(figure)
+    write_atomic(path, png.getvalue())
