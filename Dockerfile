@@ -1,31 +1,42 @@
-# The training job's image. GPU by default; tests build it over a local base with CPU TensorFlow:
+# The training job's image: GPU by default (pip brings CUDA and cuDNN, the node brings the driver).
 #   docker build -t trainer .
-#   buildah bud --build-arg BASE_IMAGE=localhost/bookworm-python \
+#   docker build --build-arg BAKE_WEIGHTS="ResNet50 EfficientNetB0" -t trainer .
+# The base and the TensorFlow package are build arguments, so the container test builds this same
+# file over a local Debian base with CPU TensorFlow (scripts/container-test.sh):
+#   buildah bud --build-arg BASE_IMAGE=localhost/trainer-test-base:bookworm \
 #     --build-arg TF_PACKAGE=tensorflow-cpu==2.21.0 -t trainer:test .
+# Either base works: python:3.11-slim (/usr/local/bin/python3) or Debian's python3 + python3-venv.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
-# tensorflow[and-cuda] brings CUDA and cuDNN from pip; the node brings the driver.
 ARG TF_PACKAGE="tensorflow[and-cuda]==2.21.0"
-# A CA bundle for pip where TLS to the index is intercepted (the local container test).
+# pip reads these from the environment and ignores them while empty: a package index mirror, and
+# a CA bundle inside the base image where TLS to the index is intercepted (the container test).
+ARG PIP_INDEX_URL=""
+ARG PIP_EXTRA_INDEX_URL=""
 ARG PIP_CERT=""
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY trainer ./trainer
-RUN /opt/venv/bin/pip install --no-cache-dir ${PIP_CERT:+--cert "$PIP_CERT"} "${TF_PACKAGE}" . \
+RUN /opt/venv/bin/pip install --no-cache-dir "${TF_PACKAGE}" . \
     && /opt/venv/bin/python -c "import trainer.cli, tensorflow, keras"
 
 FROM ${BASE_IMAGE}
-# Space-separated keras.applications names whose ImageNet weights (no top) are baked in, so
-# that pods never download them, e.g. --build-arg BAKE_WEIGHTS="ResNet50 EfficientNetB0".
+# Space-separated keras.applications names (exact case) whose ImageNet weights without the top
+# are baked in, so pods never download them. They go to BAKED_KERAS_HOME, outside KERAS_HOME
+# (an empty volume on Kubernetes would hide them); the job links them into the Keras cache.
 ARG BAKE_WEIGHTS=""
+LABEL org.opencontainers.image.title="trainer" \
+      org.opencontainers.image.description="Transfer-learning training job for keras.applications classifiers"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     KERAS_HOME=/home/trainer/.keras \
     BAKED_KERAS_HOME=/opt/keras \
+    MPLCONFIGDIR=/tmp/matplotlib \
     WORK_DIR=/tmp/trainer \
     DATASET=cifar10 \
     BACKBONE=ResNet50 \
@@ -41,12 +52,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     LOG_LEVEL=INFO
 COPY --from=build /opt/venv /opt/venv
 COPY entrypoint.py /app/entrypoint.py
-RUN useradd --uid 10001 --user-group --create-home --home-dir /home/trainer trainer \
-    && mkdir -p /runs /opt/keras /home/trainer/.keras /tmp/trainer \
-    && chown -R 10001:10001 /runs /opt/keras /home/trainer /tmp/trainer
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/trainer --shell /bin/sh trainer \
+    && mkdir -p /runs /opt/keras /home/trainer/.keras \
+    && chown -R 10001:10001 /runs /opt/keras /home/trainer
 USER 10001
 RUN if [ -n "$BAKE_WEIGHTS" ]; then \
-      KERAS_HOME=/opt/keras python -c "import sys, keras; \
+      KERAS_HOME="$BAKED_KERAS_HOME" python -c "import sys, keras; \
 [getattr(keras.applications, n)(include_top=False, weights='imagenet') for n in sys.argv[1:]]" \
       $BAKE_WEIGHTS; \
     fi

@@ -1,33 +1,61 @@
-# Image and cluster targets; included by the Makefile.
+# Image and cluster targets, included by the Makefile (which defines BIN and STAMP). The README's
+# "Docker" and "Kubernetes" sections walk through them.
+#   make image IMAGE=my.registry/trainer:0.1.0 [BAKE_WEIGHTS="ResNet50 MobileNetV2"]
+#   make docker-run ENV_FILE=trainer.env
+#   make k8s-apply OVERLAY=single-gpu IMAGE=... RUN_ID=resnet50-cifar10-1 [QUEUE=...]
 IMAGE ?= registry.example.com/trainer:0.1.0
-OVERLAY ?= single-gpu
+DOCKER ?= docker
+KUBECTL ?= kubectl
+# Build arguments: the base, the TensorFlow package, backbones whose ImageNet weights to bake in.
+BASE_IMAGE ?=
+TF_PACKAGE ?=
+BAKE_WEIGHTS ?=
+# docker-run: settings and credentials as KEY=value lines; runs and the Keras cache on this host.
 ENV_FILE ?= trainer.env
+RUNS_DIR ?= $(CURDIR)/runs
+KERAS_CACHE ?= $(HOME)/.keras
+# Kubernetes: the overlay, the run (the Job's name), an optional Kueue queue and a namespace.
+OVERLAY ?= single-gpu
 RUN_ID ?=
-NAMESPACE ?= default
+QUEUE ?=
+NAMESPACE ?=
+
+build_args = $(foreach a,BASE_IMAGE TF_PACKAGE BAKE_WEIGHTS,$(if $($(a)),--build-arg $(a)="$($(a))"))
+namespace = $(if $(NAMESPACE),--namespace $(NAMESPACE))
+render = IMAGE="$(IMAGE)" RUN_ID="$(RUN_ID)" QUEUE="$(QUEUE)" KUBECTL="$(KUBECTL)" \
+	k8s/render.sh $(OVERLAY)
+# The Job's name: RUN_ID, else the overlay's (trainer-<overlay>).
+job = $(or $(RUN_ID),trainer-$(OVERLAY))
 
 .PHONY: image push docker-run k8s-render k8s-apply k8s-logs fetch
 
 image:
-	docker build -t $(IMAGE) .
+	$(DOCKER) build $(build_args) -t $(IMAGE) .
 
 push:
-	docker push $(IMAGE)
+	$(DOCKER) push $(IMAGE)
 
-# All GPUs of this workstation; settings and credentials from $(ENV_FILE) (KEY=value lines).
+# All GPUs of this machine, as this host's user so that ./runs stays yours.
 docker-run:
-	mkdir -p runs
-	docker run --rm --gpus all --shm-size=8g --user $$(id -u):$$(id -g) --env-file $(ENV_FILE) \
-		-v $(CURDIR)/runs:/runs $(IMAGE)
+	@test -f "$(ENV_FILE)" || { echo "no $(ENV_FILE): write the settings there as KEY=value lines" \
+		"(DATASET=cifar10, BACKBONE=ResNet50, ...), or give ENV_FILE=path"; exit 2; }
+	mkdir -p "$(RUNS_DIR)" "$(KERAS_CACHE)"
+	$(DOCKER) run --rm --gpus all --shm-size=8g --user "$$(id -u):$$(id -g)" \
+		--env-file "$(ENV_FILE)" $(if $(RUN_ID),--env RUN_ID=$(RUN_ID)) \
+		--volume "$(RUNS_DIR):/runs" --volume "$(KERAS_CACHE):/home/trainer/.keras" \
+		$(IMAGE) $(ARGS)
 
 k8s-render:
-	kubectl kustomize k8s/overlays/$(OVERLAY)
+	@$(render)
 
 k8s-apply:
-	kubectl kustomize k8s/overlays/$(OVERLAY) | kubectl apply -n $(NAMESPACE) -f -
+	$(render) | $(KUBECTL) apply $(namespace) -f -
 
+# Follows every pod of the run (all workers of a multi-node Job), each line prefixed by its pod.
 k8s-logs:
-	kubectl logs -n $(NAMESPACE) -f --all-containers --prefix -l app.kubernetes.io/name=trainer
+	$(KUBECTL) logs $(namespace) --follow --prefix --all-containers --max-log-requests 16 \
+		--selector batch.kubernetes.io/job-name=$(job)
 
 fetch: $(STAMP)
-	@test -n "$(RUN_ID)" || (echo "usage: make fetch RUN_ID=<run id> [ARTIFACT_URI=s3://...]" && exit 2)
-	$(BIN)/trainer fetch $(RUN_ID) --to models
+	@test -n "$(RUN_ID)" || { echo "usage: make fetch RUN_ID=<run> [ARTIFACT_URI=s3://...] [TO=models]"; exit 2; }
+	$(BIN)/trainer fetch $(RUN_ID) --to $(or $(TO),models) $(if $(ARTIFACT_URI),--artifact-uri $(ARTIFACT_URI))

@@ -107,13 +107,21 @@ def _assert_manifest_matches(objects: dict[str, bytes]) -> dict:
 
 def test_a_run_into_s3_then_fetch_and_predict(s3_server: S3Server, tiny_npz: Path,
                                               tmp_path: Path) -> None:
+    from trainer.backbones import build_model
+
     bucket = s3_server.new_bucket()
     s3_server.client().upload_file(str(tiny_npz), bucket, "data/tiny.npz")
+    build_model("VGG16", "avg", 32, 4, None).save_weights(tmp_path / "start.weights.h5")
+    s3_server.client().upload_file(str(tmp_path / "start.weights.h5"), bucket,
+                                   "weights/start.weights.h5")
     env = clean_environ(TINY_JOB, s3_server.env(), DATASET=f"s3://{bucket}/data/tiny.npz",
+                        WEIGHTS=f"s3://{bucket}/weights/start.weights.h5",
                         ARTIFACT_URI=f"s3://{bucket}/runs", RUN_ID="s3run",
                         WORK_DIR=str(tmp_path / "work"))
     result = run_entrypoint(env)
     assert result.returncode == 0, result.stderr
+    fetched_weights = tmp_path / "work" / "weights" / bucket / "weights" / "start.weights.h5"
+    assert fetched_weights.read_bytes() == (tmp_path / "start.weights.h5").read_bytes()
     objects = _objects(s3_server, bucket, "runs/s3run/")
     assert {"config.json", "best.h5", "history.json", "history.csv", "manifest.json"} <= set(
         objects)

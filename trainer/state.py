@@ -9,7 +9,6 @@ pointer on the previous state; a state whose files do not match falls back to th
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,9 @@ def save_state(artifacts: RunArtifacts, checkpoint: Any, state: LoopState) -> No
              "files": {f: sha256_of(artifacts.path(f)) for f in _files(name)}}
     for file in _files(name):
         artifacts.publish(file)
-    previous = _read_pointer(artifacts.store, artifacts.run_id)
+    # The pointer as this run last wrote or restored it: no round trip to the store, which
+    # may be unreachable while training goes on.
+    previous = _local_pointer(artifacts.path(POINTER))
     kept = [entry] + [s for s in previous if s["name"] != name][: KEEP_STATES - 1]
     write_atomic(artifacts.path(POINTER), json.dumps({"states": kept}, indent=2).encode())
     artifacts.publish(POINTER)
@@ -60,6 +61,13 @@ def save_state(artifacts: RunArtifacts, checkpoint: Any, state: LoopState) -> No
         if dropped["name"] != name:
             for file in dropped["files"]:
                 artifacts.remove(file)
+
+
+def _local_pointer(path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(json.loads(path.read_text())["states"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _read_pointer(store: Store, run_id: str) -> list[dict[str, Any]]:
@@ -74,9 +82,13 @@ def _read_pointer(store: Store, run_id: str) -> list[dict[str, Any]]:
 def restore_state(store: Store, run_id: str, local_dir: Path, checkpoint: Any) -> LoopState | None:
     """The newest state whose files are all intact, restored into `checkpoint`; None if none."""
     log = get_logger()
-    for entry in _read_pointer(store, run_id):
+    states = _read_pointer(store, run_id)
+    for position, entry in enumerate(states):
         problem = _fetch_verified(store, run_id, local_dir, entry)
         if problem is None:
+            pointer = local_dir / POINTER
+            if store.local_run_dir(run_id) is None:
+                write_atomic(pointer, json.dumps({"states": states[position:]}).encode())
             checkpoint.read(str(local_dir / f"state/ckpt-{entry['name']}")).expect_partial()
             loaded = json.loads((local_dir / f"state/loop-{entry['name']}.json").read_text())
             return LoopState(**loaded)
@@ -99,7 +111,3 @@ def _fetch_verified(store: Store, run_id: str, local_dir: Path, entry: dict) -> 
         if sha256_of(target) != digest:
             return f"{file} does not match its sha256"
     return None
-
-
-def clear_local_state(local_dir: Path) -> None:
-    shutil.rmtree(local_dir / "state", ignore_errors=True)
