@@ -25,10 +25,6 @@ RUN /opt/venv/bin/pip install --no-cache-dir "${TF_PACKAGE}" . \
     && /opt/venv/bin/python -c "import trainer.cli, tensorflow, keras"
 
 FROM ${BASE_IMAGE}
-# Space-separated keras.applications names (exact case) whose ImageNet weights without the top
-# are baked in, so pods never download them. They go to BAKED_KERAS_HOME, outside KERAS_HOME
-# (an empty volume on Kubernetes would hide them); the job links them into the Keras cache.
-ARG BAKE_WEIGHTS=""
 LABEL org.opencontainers.image.title="trainer" \
       org.opencontainers.image.description="Transfer-learning training job for keras.applications classifiers"
 ENV PATH=/opt/venv/bin:$PATH \
@@ -50,16 +46,21 @@ ENV PATH=/opt/venv/bin:$PATH \
     SEED=0 \
     ARTIFACT_URI=/runs \
     LOG_LEVEL=INFO
-COPY --from=build /opt/venv /opt/venv
-COPY entrypoint.py /app/entrypoint.py
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/trainer --shell /bin/sh trainer \
     && mkdir -p /runs /opt/keras /home/trainer/.keras \
     && chown -R 10001:10001 /runs /opt/keras /home/trainer
 USER 10001
+WORKDIR /home/trainer
+ENTRYPOINT ["python", "/app/entrypoint.py"]
+# The large layers come last: with buildah's vfs storage every step after them copies them again.
+COPY entrypoint.py /app/entrypoint.py
+COPY --from=build /opt/venv /opt/venv
+# Space-separated keras.applications names (exact case) whose ImageNet weights without the top
+# are baked in, so pods never download them. They go to BAKED_KERAS_HOME, outside KERAS_HOME
+# (an empty volume on Kubernetes would hide them); the job links them into the Keras cache.
+ARG BAKE_WEIGHTS=""
 RUN if [ -n "$BAKE_WEIGHTS" ]; then \
       KERAS_HOME="$BAKED_KERAS_HOME" python -c "import sys, keras; \
 [getattr(keras.applications, n)(include_top=False, weights='imagenet') for n in sys.argv[1:]]" \
       $BAKE_WEIGHTS; \
     fi
-WORKDIR /home/trainer
-ENTRYPOINT ["python", "/app/entrypoint.py"]

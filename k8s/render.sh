@@ -7,8 +7,10 @@
 # and '-', at most 63 characters). The multi-node Service keeps its name, so the pods' subdomain
 # and WORKER_SERVICE stay right.
 set -euo pipefail
-overlay=${1:?usage: k8s/render.sh OVERLAY (one of: $(ls "$(dirname "$0")/overlays" | xargs))}
 here=$(cd "$(dirname "$0")" && pwd)
+overlays=("$here"/overlays/*/)
+overlays=("${overlays[@]%/}")
+overlay=${1:?usage: k8s/render.sh OVERLAY, one of: ${overlays[*]##*/}}
 [[ -d "$here/overlays/$overlay" ]] || { echo "no overlay $here/overlays/$overlay" >&2; exit 2; }
 KUBECTL=${KUBECTL:-kubectl}
 placeholder=registry.example.com/trainer

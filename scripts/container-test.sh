@@ -21,6 +21,16 @@ bah() { buildah --storage-driver vfs "$@"; }
 say() { echo "container-test: $*"; }
 logs=$(mktemp -d /tmp/container-test.XXXXXX)
 started=$(date +%s)
+rootfs="" base="" container="" server=""
+cleanup() {
+  local rc=$?
+  if [[ -n "$server" ]]; then kill "$server" 2>/dev/null || true; fi
+  if [[ -n "$container" ]]; then bah rm "$container" >/dev/null 2>&1 || true; fi
+  if [[ -n "$base" ]]; then bah rm "$base" >/dev/null 2>&1 || true; fi
+  if [[ -n "$rootfs" ]]; then rm -rf "$rootfs"; fi
+  if [[ "$rc" == 0 ]]; then rm -rf "$logs"; else echo "container-test: logs in $logs"; fi
+}
+trap cleanup EXIT
 
 if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
   say "installing buildah and debootstrap"
@@ -45,12 +55,17 @@ if [[ "${REBUILD_BASE:-0}" == 1 ]] || ! bah inspect --type image "$BASE" >/dev/n
   bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --cmd /bin/bash "$base"
   bah commit --quiet --rm "$base" "$BASE" >/dev/null
+  base=""
   rm -rf "$rootfs"
+  rootfs=""
 fi
 based=$(date +%s)
 
-say "building $IMAGE from the Dockerfile (TF_PACKAGE=$TF_PACKAGE; log in $logs/build.log)"
-bah bud --isolation chroot --layers --pull=never -t "$IMAGE" \
+# No --layers: with vfs storage every layer is a full copy, so caching each step made builds
+# slower here (673 s from scratch, 237 s with every step cached) than none (190 to 270 s).
+bah rmi --force "$IMAGE" >/dev/null 2>&1 || true
+say "building $IMAGE from the Dockerfile (TF_PACKAGE=$TF_PACKAGE)"
+bah bud --isolation chroot --pull=never -t "$IMAGE" \
   --build-arg BASE_IMAGE="$BASE" \
   --build-arg TF_PACKAGE="$TF_PACKAGE" \
   --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
@@ -61,14 +76,8 @@ user=$(bah inspect --type image --format '{{.OCIv1.Config.User}}' "$IMAGE")
 [[ "$user" =~ ^[0-9]+$ && "$user" != 0 ]] || { say "FAILED: USER is '$user', not numeric non-root"; exit 1; }
 
 container=$(bah from --pull=never "$IMAGE")
-server=""
-cleanup() {
-  [[ -n "$server" ]] && kill "$server" 2>/dev/null || true
-  bah rm "$container" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
 
-bah run --isolation chroot "$container" -- python -c \
+bah run --isolation chroot --env TF_CPP_MIN_LOG_LEVEL=2 "$container" -- python -c \
   "import os, trainer.cli, tensorflow as tf; assert os.getuid() != 0, 'runs as root'; \
 print('container-test: imports as uid', os.getuid(), 'TensorFlow', tf.__version__)"
 if [[ "$BUILD_ONLY" == 1 ]]; then

@@ -336,3 +336,16 @@ def test_kueue_component_labels_the_job(tmp_path: Path) -> None:
                           capture_output=True, text=True).stdout
     job = the_one([d for d in yaml.safe_load_all(text) if d], "Job")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_k8s_render_passes_the_run_and_the_image() -> None:
+    result = subprocess.run(
+        ["make", "-s", "--no-print-directory", "k8s-render", "OVERLAY=multi-node",
+         "RUN_ID=run-from-make", "IMAGE=registry.internal/trainer:9"],
+        cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert the_one(objects, "Job")["metadata"]["name"] == "run-from-make"
+    assert trainer_container(objects)["image"] == "registry.internal/trainer:9"
+    assert pod_spec(objects)["subdomain"] == the_one(objects, "Service")["metadata"]["name"]

@@ -212,10 +212,11 @@ def test_training_goes_on_through_a_storage_outage(
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines: list[str] = []
     reader = _watch(process, lines)
-    _wait_for(process, lines, '"message": "starting run"')
+    # Down once training runs (at start the job needs the store: it looks for resume state).
+    _wait_for(process, lines, '"epoch 1/4"')
     rclone_server.stop()
     if outage == "brief":
-        _wait_for(process, lines, '"epoch 2/4"')
+        _wait_for(process, lines, '"epoch 3/4"')
         rclone_server.start()
     code = process.wait(timeout=600)
     reader.join(timeout=10)
