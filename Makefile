@@ -28,10 +28,10 @@ s3-local: $(STAMP)
 		--auth-key trainer,trainer-secret s3-data
 
 lint: $(STAMP)
-	$(BIN)/ruff check trainer tests entrypoint.py
+	$(BIN)/ruff check trainer tests bench entrypoint.py
 
 test: $(STAMP)
-	$(BIN)/ruff check trainer tests entrypoint.py
+	$(BIN)/ruff check trainer tests bench entrypoint.py
 	$(BIN)/python -m pytest
 
 # Builds the Dockerfile with buildah and runs a tiny job in it against S3 on loopback (root).

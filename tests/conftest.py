@@ -26,6 +26,7 @@ TINY_JOB = {
     "BATCH_SIZE": "16",
     "LEARNING_RATE": "1e-3",
     "LOG_FORMAT": "json",
+    "AUGMENT": "none",  # the tests that augment say so
 }
 
 

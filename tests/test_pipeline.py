@@ -9,9 +9,15 @@ import pytest
 import tensorflow as tf
 from conftest import write_tfrecords
 
-from trainer.data import load_dataset
+from trainer.data import Split, load_dataset
 from trainer.errors import DataError
-from trainer.pipeline import batch_preprocessor, evaluation_input, padded_length, training_input
+from trainer.pipeline import (
+    augmenter,
+    batch_preprocessor,
+    evaluation_input,
+    padded_length,
+    training_input,
+)
 
 
 def _identity(images: tf.Tensor) -> tf.Tensor:
@@ -81,3 +87,37 @@ def test_unreadable_tfrecords_are_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "broken.tfrecord").write_bytes(b"definitely not a record" * 10)
     with pytest.raises(DataError, match="TFRecords unreadable"):
         load_dataset(str(tmp_path), validation_split=0.1, seed=0)
+
+
+def _gradient_image(channels: int | None = 3) -> np.ndarray:
+    """An image whose every pixel differs from its mirror and its neighbours."""
+    row = np.arange(16, dtype=np.uint8) * 15
+    image = np.tile(row, (16, 1)) + np.arange(16, dtype=np.uint8)[:, None]
+    return image if channels is None else np.repeat(image[..., None], channels, axis=-1)
+
+
+@pytest.mark.parametrize("kind", ["flip", "crop", "translate"])
+def test_each_augmentation_changes_images_keeping_shape_and_type(kind: str) -> None:
+    image = _gradient_image()
+    transform = augmenter((kind,))
+    outputs = [transform(tf.constant(image), tf.constant([s, 1], tf.int64)).numpy()
+               for s in range(8)]
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)
+    assert any(not np.array_equal(o, image) for o in outputs)
+    if kind == "flip":
+        assert all(np.array_equal(o, image) or np.array_equal(o, image[:, ::-1]) for o in outputs)
+    again = transform(tf.constant(image), tf.constant([3, 1], tf.int64)).numpy()
+    assert np.array_equal(again, outputs[3])  # the same seed, the same image
+
+
+def test_augmentation_handles_grayscale_and_reaches_the_batches() -> None:
+    image = _gradient_image(channels=None)
+    assert augmenter(("translate",))(tf.constant(image), tf.constant([0, 1], tf.int64)).shape == (
+        16, 16)
+    split = Split(np.stack([image] * 8), np.zeros(8, dtype=np.int64))
+    prep = batch_preprocessor(16, _identity)
+    (plain, _), = _batches(training_input(split, 16, prep, 8, 0, 1), 1)
+    (augmented, _), = _batches(training_input(split, 16, prep, 8, 0, 1,
+                                              augment=("flip", "translate")), 1)
+    assert np.array_equal(plain[0], plain[1])
+    assert not all(np.array_equal(augmented[0], a) for a in augmented[1:])

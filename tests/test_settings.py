@@ -65,6 +65,10 @@ BAD_VALUES = [
     ("ARTIFACT_URI", "gs://bucket/runs"), ("ARTIFACT_URI", "s3://B/x"),
     ("S3_ADDRESSING_STYLE", "dns"), ("CPU_REPLICAS", "0"), ("LOG_FORMAT", "xml"),
     ("LOG_LEVEL", "LOUD"), ("DATASET", " "),
+    ("FINE_TUNE_EPOCHS", "-1"), ("FINE_TUNE_LAYERS", "0"), ("FINE_TUNE_LAYERS", "top"),
+    ("FINE_TUNE_LEARNING_RATE", "0"), ("LR_SCHEDULE", "linear"), ("WARMUP_EPOCHS", "-2"),
+    ("LABEL_SMOOTHING", "1"), ("LABEL_SMOOTHING", "-0.1"), ("EARLY_STOPPING_PATIENCE", "-1"),
+    ("AUGMENT", "flip,rotate"), ("AUGMENT", ","), ("PRECISION", "float8"), ("XLA", "maybe"),
 ]
 
 
@@ -85,6 +89,7 @@ def test_image_size_below_the_backbone_minimum_names_both() -> None:
 @pytest.mark.parametrize(("variable", "value"), [
     ("BACKBONE", "resnet51"), ("EPOCHS", "0"), ("EPOCHS", "abc"), ("POOLING", "mean"),
     ("RUN_ID", "../escape"), ("RUN_ID", "a/b"), ("BATCH_SIZE", "0"), ("IMAGE_SIZE", "16"),
+    ("FINE_TUNE_LAYERS", "-4"), ("LABEL_SMOOTHING", "1.5"), ("PRECISION", "half"),
 ])
 def test_entrypoint_exits_2_with_one_line_and_no_traceback(variable: str, value: str) -> None:
     result = run_entrypoint(clean_environ(**{variable: value}), timeout=60)
@@ -103,3 +108,37 @@ def test_generated_run_id_is_valid_and_names_backbone_and_dataset() -> None:
     settings = load_settings({"BACKBONE": "VGG16", "DATASET": "/data/My Flowers/"})
     assert settings.run_id.endswith("-vgg16-my-flowers")
     assert load_settings({"RUN_ID": settings.run_id}).run_id == settings.run_id
+
+
+def test_transfer_learning_settings_are_parsed() -> None:
+    settings = load_settings({
+        "FINE_TUNE_EPOCHS": "3", "FINE_TUNE_LAYERS": "20", "FINE_TUNE_LEARNING_RATE": "1e-5",
+        "LR_SCHEDULE": "Cosine", "WARMUP_EPOCHS": "1", "EPOCHS": "2", "LABEL_SMOOTHING": "0.1",
+        "EARLY_STOPPING_PATIENCE": "2", "AUGMENT": "translate, flip", "PRECISION": "bfloat16",
+        "XLA": "on"})
+    assert (settings.fine_tune_epochs, settings.fine_tune_layers, settings.total_epochs) == (
+        3, 20, 5)
+    assert (settings.fine_tune_rate, settings.lr_schedule, settings.warmup_epochs) == (
+        1e-5, "cosine", 1)
+    assert (settings.label_smoothing, settings.early_stopping_patience) == (0.1, 2)
+    assert settings.augmentations == ("flip", "translate")
+    assert (settings.precision, settings.xla) == ("bfloat16", "on")
+    assert load_settings({"FINE_TUNE_LAYERS": "ALL"}).fine_tune_layers is None
+    assert load_settings({"LEARNING_RATE": "0.01"}).fine_tune_rate == pytest.approx(0.001)
+
+
+def test_augmentation_is_off_by_default_for_digits_only() -> None:
+    assert load_settings({"DATASET": "digits"}).augmentations == ()
+    assert load_settings({"DATASET": "mnist"}).augmentations == ()
+    assert load_settings({"DATASET": "cifar10"}).augmentations == ("flip", "translate")
+    assert load_settings({"DATASET": "digits", "AUGMENT": "crop"}).augmentations == ("crop",)
+    assert load_settings({"AUGMENT": "none"}).augmentations == ()
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"FINE_TUNE_EPOCHS": "2", "WEIGHTS": "none"}, "FINE_TUNE_EPOCHS=2 freezes a backbone"),
+    ({"WARMUP_EPOCHS": "3", "EPOCHS": "3"}, "WARMUP_EPOCHS=3 is not below EPOCHS=3"),
+])
+def test_contradicting_settings_name_both(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ)

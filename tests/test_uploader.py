@@ -31,3 +31,28 @@ def test_an_unexpected_upload_error_ends_the_wait_with_that_error(tmp_path: Path
     uploader.submit("run/best.h5", tmp_path)  # a folder where a file belongs
     with pytest.raises(IsADirectoryError):
         uploader.flush(timeout=60)
+
+
+def test_sigterm_cuts_the_final_wait_short_with_exit_143(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from trainer.errors import Terminated
+    from trainer.s3 import S3Store
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "key"), ("AWS_SECRET_ACCESS_KEY", "secret"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    # Nothing listens on port 9 of loopback: every attempt fails as unreachable.
+    store = S3Store("s3://bucket/runs", endpoint_url="http://127.0.0.1:9")
+    uploader = Uploader(store)
+    best = tmp_path / "best.h5"
+    best.write_bytes(b"model")
+    uploader.submit("run/best.h5", best)
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    with pytest.raises(Terminated, match="best.h5") as caught:
+        uploader.flush(timeout=600, stop=stop, stop_grace=1.0)
+    assert caught.value.exit_code == 143 and time.monotonic() - started < 60
+    assert best.read_bytes() == b"model"

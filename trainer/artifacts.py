@@ -71,10 +71,11 @@ class RunArtifacts:
         if self._publisher is not None:
             self._publisher.raise_if_refused()
 
-    def finish_uploads(self, timeout: float) -> None:
-        """Every published file in the store, or TransientError after `timeout` seconds."""
+    def finish_uploads(self, timeout: float, stop: Any = None) -> None:
+        """Every published file in the store, or TransientError after `timeout` seconds
+        (Terminated soon after `stop`, a threading.Event, is set)."""
         if self._publisher is not None:
-            self._publisher.flush(timeout)
+            self._publisher.flush(timeout, stop)
 
     def write_json(self, name: str, content: Any) -> None:
         write_atomic(self.path(name), json.dumps(content, indent=2, sort_keys=True).encode())

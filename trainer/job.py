@@ -72,7 +72,7 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
                                   "resume_step": state.step})
         _republish(training, state)
     state = _train_epochs(training, state, stop)
-    _finish(training, state, store)
+    _finish(training, state, store, stop)
 
 
 def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Training:
@@ -100,15 +100,22 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
     import tensorflow as tf
 
     from trainer.backbones import preprocess_function, preprocessing_name
+    from trainer.distribution import resolve_precision, resolve_xla
     from trainer.loop import Loop
     from trainer.pipeline import batch_preprocessor
+    from trainer.recipe import PhasedSchedule
 
     keras.utils.set_random_seed(settings.seed)
+    policy = resolve_precision(settings.precision)
+    keras.mixed_precision.set_global_policy(policy)
     with strategy.scope():
         model = _build(settings, image_size, len(dataset.class_names))
-        optimizer = keras.optimizers.Adam(settings.learning_rate)
-        # Slots made now, in the strategy's scope: created lazily inside the distributed
-        # tf.function they would be per-replica placeholders that MirroredStrategy cannot feed.
+        optimizer = keras.optimizers.Adam(PhasedSchedule(settings, steps))
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        # Slots made now, in the strategy's scope, for every variable that any phase trains:
+        # created lazily inside the distributed tf.function they would be per-replica
+        # placeholders that MirroredStrategy cannot feed.
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     metadata = {
@@ -117,12 +124,18 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
         "backbone": settings.backbone,
         "preprocessing": preprocessing_name(settings.backbone),
     }
+    xla = resolve_xla(settings.xla, strategy)
+    recipe = {"precision": policy, "xla": xla, "augmentations": list(settings.augmentations)}
+    get_logger().info("training setup", extra={"run_id": settings.run_id, "replicas": replicas,
+                                               "global_batch_size": global_batch, **recipe})
     artifacts = _run_artifacts(store, settings) if cluster.is_chief else None
     if artifacts:
-        artifacts.write_json("config.json", _config(settings, metadata, replicas, dataset))
+        artifacts.write_json("config.json",
+                             _config(settings, {**metadata, **recipe}, replicas, dataset))
         _save_samples(artifacts, dataset)
     preprocessor = batch_preprocessor(image_size, preprocess_function(settings.backbone))
-    loop = Loop(strategy, model, optimizer, global_batch, settings.steps_per_call)
+    loop = Loop(strategy, model, optimizer, global_batch, settings.steps_per_call,
+                settings.label_smoothing, xla)
     return Training(settings, loop, checkpoint,
                     dataset, image_size, global_batch, steps, preprocessor, metadata, artifacts)
 
@@ -130,6 +143,7 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
 def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
     """Epochs after `state` to the last; returns the final state."""
     from trainer.pipeline import evaluation_input, padded_length, training_input
+    from trainer.recipe import phase_of, set_trainable, stop_early
     from trainer.state import LoopState, save_state
 
     log = get_logger()
@@ -138,11 +152,27 @@ def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
                                      training.preprocessor, training.global_batch)
     evaluation_steps = padded_length(len(training.dataset.val), training.global_batch)
     evaluation_steps //= training.global_batch
-    for epoch in range(state.epoch + 1, settings.epochs + 1):
+    phase = None
+    first_epoch = state.epoch + 1
+    for epoch in range(first_epoch, settings.total_epochs + 1):
+        if stop_early(settings, state.epoch, state.best_epoch):
+            log.info(f"stopping early: {settings.monitor} has not improved for "
+                     f"{settings.early_stopping_patience} epoch(s)",
+                     extra={"run_id": settings.run_id, "best_epoch": state.best_epoch})
+            break
+        if phase != phase_of(settings, epoch):
+            phase = phase_of(settings, epoch)
+            trained = set_trainable(loop.model, phase, settings.fine_tune_layers)
+            loop.retrace()
+            log.info(f"phase {phase.name}: epochs {phase.first_epoch}-{phase.last_epoch}",
+                     extra={"run_id": settings.run_id, "trained_backbone_layers": len(trained),
+                            "learning_rate": phase.learning_rate})
         training_fn = training_input(training.dataset.train, training.image_size,
                                      training.preprocessor, training.global_batch,
-                                     settings.seed, epoch, skip_steps=state.step)
-        metrics = loop.train_epoch(training_fn, training.steps, _progress_logger(epoch),
+                                     settings.seed, epoch, skip_steps=state.step,
+                                     augment=settings.augmentations)
+        metrics = loop.train_epoch(training_fn, training.steps,
+                                   _progress_logger(epoch, first=epoch == first_epoch),
                                    stop.is_set, start_step=state.step,
                                    partial=tuple(state.partial))
         if not metrics.completed:
@@ -162,7 +192,7 @@ def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
         state = LoopState(epoch=epoch, best_value=value if improved else state.best_value,
                           best_epoch=epoch if improved else state.best_epoch,
                           history=[*state.history, row])
-        log.info(f"epoch {epoch}/{settings.epochs}", extra={
+        log.info(f"epoch {epoch}/{settings.total_epochs}", extra={
             "run_id": settings.run_id, **row, "best_epoch": state.best_epoch})
         if artifacts:
             artifacts.raise_if_refused()
@@ -172,7 +202,7 @@ def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
                 _save_best(training, epoch, value)
             artifacts.write_history(state.history)
             _save_curves(artifacts, state, settings.monitor)
-        if stop.is_set() and epoch < settings.epochs:
+        if stop.is_set() and epoch < settings.total_epochs:
             _save_and_stop(training, state, f"the end of epoch {epoch}", saved=True)
     return state
 
@@ -245,7 +275,7 @@ def weights_digest(model: Any) -> str:
     return digest.hexdigest()
 
 
-def _finish(training: Training, state: Any, store: Store) -> None:
+def _finish(training: Training, state: Any, store: Store, stop: threading.Event) -> None:
     artifacts, settings = training.artifacts, training.settings
     if not artifacts:
         get_logger().info("worker finished; the chief writes the artifacts",
@@ -253,12 +283,13 @@ def _finish(training: Training, state: Any, store: Store) -> None:
                                  "weights_sha256": weights_digest(training.loop.model)})
         return
     # The manifest goes last, once every artifact it lists is in the store.
-    artifacts.finish_uploads(settings.upload_timeout)
+    artifacts.finish_uploads(settings.upload_timeout, stop)
     manifest = artifacts.manifest(status="finished", best_epoch=state.best_epoch,
                                   best_value=state.best_value, monitor=settings.monitor,
-                                  epochs_done=len(state.history))
+                                  epochs_done=len(state.history),
+                                  stopped_early=len(state.history) < settings.total_epochs)
     artifacts.write_json("manifest.json", manifest)
-    artifacts.finish_uploads(settings.upload_timeout)
+    artifacts.finish_uploads(settings.upload_timeout, stop)
     get_logger().info(
         f"run finished: best {settings.monitor}={state.best_value:.4f} at epoch "
         f"{state.best_epoch}; model at {artifacts.key('best.h5')} in {store.uri}; load it with "
@@ -341,13 +372,20 @@ def _build(settings: Settings, image_size: int, num_classes: int) -> Any:
         raise
 
 
-def _progress_logger(epoch: int) -> Any:
+def _progress_logger(epoch: int, first: bool = False) -> Any:
+    """A progress line every PROGRESS_INTERVAL_SECONDS; with `first`, one after the first call
+    of steps too (the time to it is what a user waits before the accelerator works)."""
     log = get_logger()
-    last = [time.monotonic()]
+    last = time.monotonic()
+    announced = not first
 
     def report(done: int, steps: int) -> None:
-        if time.monotonic() - last[0] >= PROGRESS_INTERVAL_SECONDS and done < steps:
-            last[0] = time.monotonic()
+        nonlocal last, announced
+        if not announced:
+            announced = True
+            log.info("first training steps done", extra={"epoch": epoch, "step": done})
+        if time.monotonic() - last >= PROGRESS_INTERVAL_SECONDS and done < steps:
+            last = time.monotonic()
             log.info(f"epoch {epoch}: step {done}/{steps}", extra={"epoch": epoch, "step": done})
 
     return report

@@ -44,27 +44,50 @@ class Loop:
     """Compiled train and evaluation steps for one model, optimizer and strategy."""
 
     def __init__(self, strategy: Any, model: Any, optimizer: Any, global_batch: int,
-                 steps_per_call: int = 10) -> None:
+                 steps_per_call: int = 10, label_smoothing: float = 0.0,
+                 xla: bool = False) -> None:
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
         self.global_batch = global_batch
         self.steps_per_call = max(1, steps_per_call)
+        self.label_smoothing = label_smoothing
+        self.xla = xla
+        self.retrace()
+
+    def retrace(self) -> None:
+        """Fresh compiled functions: call it after changing which layers train, or the
+        functions traced before would go on training the old set."""
+        # Only each replica's forward and backward pass is XLA-compiled: applying gradients
+        # all-reduces them across replicas, which an XLA cluster cannot contain.
+        self._compute = (tf.function(self._gradients, jit_compile=True) if self.xla
+                         else self._gradients)
         self._train = tf.function(self._train_steps)
         self._evaluate = tf.function(self._evaluate_steps)
 
-    def _train_step(self, batch: tuple) -> tuple:
-        images, labels = batch
+    def _gradients(self, images: tf.Tensor, labels: tf.Tensor) -> tuple:
         with tf.GradientTape() as tape:
             probabilities = self.model(images, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            if self.label_smoothing:
+                targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(probabilities)[-1])
+                per_example = keras.losses.categorical_crossentropy(
+                    targets, probabilities, label_smoothing=self.label_smoothing)
+            else:
+                per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
             loss = tf.reduce_sum(per_example) / self.global_batch
             if self.model.losses:
                 loss += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
-        variables = self.model.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return tf.reduce_sum(per_example), _correct(labels, probabilities), tf.size(labels)
+            # A no-op but under float16, where the loss is scaled against underflow.
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.model.trainable_variables)
+        return gradients, tf.reduce_sum(per_example), _correct(labels, probabilities)
+
+    def _train_step(self, batch: tuple) -> tuple:
+        images, labels = batch
+        gradients, loss_sum, correct = self._compute(images, labels)
+        self.optimizer.apply_gradients(
+            zip(gradients, self.model.trainable_variables, strict=True))
+        return loss_sum, correct, tf.size(labels)
 
     def _train_steps(self, iterator: Any, steps: tf.Tensor) -> tuple:
         totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))

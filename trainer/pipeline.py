@@ -55,12 +55,42 @@ def _decoded(ds: tf.data.Dataset, split: Split, image_size: int) -> tf.data.Data
     return ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=False)
 
 
+def augmenter(kinds: tuple[str, ...]) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """One uint8 image (H x W or H x W x C) and a stateless seed -> the image augmented:
+    `flip` left-right, `translate` by up to 1/8 of the side (reflected padding, then a crop back
+    to the size), `crop` a random 70-100% square resized back."""
+
+    def augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        grayscale = image.shape.rank == 2
+        if grayscale:
+            image = image[..., tf.newaxis]
+        shape = tf.shape(image)
+        seeds = tf.random.experimental.stateless_split(seed, 3)
+        if "flip" in kinds:
+            image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+        if "crop" in kinds:
+            side = tf.minimum(shape[0], shape[1])
+            fraction = tf.random.stateless_uniform((), seeds[1], 0.7, 1.0)
+            crop = tf.maximum(1, tf.cast(tf.cast(side, tf.float32) * fraction, tf.int32))
+            image = tf.image.stateless_random_crop(image, (crop, crop, shape[2]), seeds[1])
+            image = tf.image.resize(image, shape[:2])
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        if "translate" in kinds:
+            pad = tf.maximum(1, tf.minimum(shape[0], shape[1]) // 8)
+            padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+            image = tf.image.stateless_random_crop(padded, shape, seeds[2])
+        return image[..., 0] if grayscale else image
+
+    return augment
+
+
 def training_input(
     split: Split, image_size: int, preprocess: Callable, global_batch: int, seed: int, epoch: int,
-    skip_steps: int = 0,
+    skip_steps: int = 0, augment: tuple[str, ...] = (),
 ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """A dataset function for `strategy.distribute_datasets_from_function`, for one epoch,
-    starting after `skip_steps` steps (a run resumed mid-epoch)."""
+    starting after `skip_steps` steps (a run resumed mid-epoch), with the `augment`
+    augmentations (see `augmenter`) applied to each image."""
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = context.get_per_replica_batch_size(global_batch)
@@ -70,6 +100,14 @@ def training_input(
         ds = ds.shuffle(len(split), seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
         ds = ds.repeat().skip(skip_steps * local_replicas * per_replica)
         ds = _decoded(ds, split, image_size)
+        if augment:
+            # Seeded by (SEED, epoch, worker), so that a rerun of an epoch sees the same images.
+            seeds = tf.data.Dataset.random(seed=(seed * 100_003 + epoch) * 1009
+                                           + context.input_pipeline_id).batch(2)
+            transform = augmenter(augment)
+            ds = tf.data.Dataset.zip((ds, seeds)).map(
+                lambda pair, key: (transform(pair[0], key), pair[1]),
+                num_parallel_calls=AUTOTUNE)
         ds = ds.batch(per_replica, drop_remainder=True)
         ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
         return ds.prefetch(AUTOTUNE)

@@ -20,6 +20,9 @@ BUILTIN_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
 MONITORS = {"val_accuracy": "max", "val_loss": "min", "accuracy": "max", "loss": "min"}
 RUN_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+AUGMENTATIONS = ("flip", "crop", "translate")
+# Built-ins whose images a horizontal flip or a crop would falsify (a flipped 2 is no 2).
+UNAUGMENTED_DATASETS = ("digits", "mnist")
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,35 @@ class Settings:
     upload_timeout: float = 900.0
     steps_per_call: int = 10
     work_dir: str = "/tmp/trainer"
+    fine_tune_epochs: int = 0
+    fine_tune_layers: int | None = None  # None: the whole backbone
+    fine_tune_learning_rate: float | None = None  # None: LEARNING_RATE / 10
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    early_stopping_patience: int = 0
+    augment: str = "auto"
+    precision: str = "auto"
+    xla: str = "auto"
 
     @property
     def monitor_mode(self) -> str:
         return MONITORS[self.monitor]
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.fine_tune_epochs
+
+    @property
+    def fine_tune_rate(self) -> float:
+        return self.fine_tune_learning_rate or self.learning_rate / 10
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The augmentations in effect: AUGMENT resolved for the dataset."""
+        if self.augment == "auto":
+            return () if self.dataset in UNAUGMENTED_DATASETS else ("flip", "translate")
+        return () if self.augment == "none" else tuple(self.augment.split(","))
 
     def public_dict(self) -> dict[str, Any]:
         """Every setting, for config.json and logs (none of them holds a secret)."""
@@ -116,6 +144,27 @@ def _choice(*choices: str, lower: bool = True) -> Callable[[str, str], str]:
         return value
 
     return parse
+
+
+def _fine_tune_layers(variable: str, text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return _integer(1, 10000)(variable, text)
+    except ConfigError:
+        raise _fail(variable, text, "give all, or the number N >= 1 of the backbone's top "
+                    "layers with weights to unfreeze") from None
+
+
+def _augment(variable: str, text: str) -> str:
+    value = text.strip().lower().replace(" ", "")
+    if value in ("auto", "none"):
+        return value
+    kinds = value.split(",")
+    if not value or any(kind not in AUGMENTATIONS for kind in kinds):
+        raise _fail(variable, text, "give auto, none, or a comma-separated list of "
+                    + ", ".join(AUGMENTATIONS))
+    return ",".join(kind for kind in AUGMENTATIONS if kind in kinds)
 
 
 def _backbone(variable: str, text: str) -> str:
@@ -207,6 +256,34 @@ OPTIONS: tuple[Option, ...] = (
            "GPU busier; SIGTERM is answered after the current call.", _integer(1, 10000)),
     Option("work_dir", "WORK_DIR", "Local folder for a run's files before upload, and the cache "
            "of datasets and weights fetched from S3.", _text),
+    Option("fine_tune_epochs", "FINE_TUNE_EPOCHS", "Two-phase transfer learning: after EPOCHS "
+           "epochs of the head alone (backbone frozen, BatchNorm in inference mode), this many "
+           "more with FINE_TUNE_LAYERS unfrozen; 0 trains the whole model for EPOCHS.",
+           _integer(0, 100000)),
+    Option("fine_tune_layers", "FINE_TUNE_LAYERS", "all, or N: the backbone's top N layers with "
+           "weights that the fine-tuning phase trains (BatchNorm layers are not counted and "
+           "stay frozen).",
+           _fine_tune_layers),
+    Option("fine_tune_learning_rate", "FINE_TUNE_LEARNING_RATE", "Learning rate of the "
+           "fine-tuning phase; default LEARNING_RATE / 10.",
+           _number(0.0, None, low_inclusive=False)),
+    Option("lr_schedule", "LR_SCHEDULE", "constant, or cosine: decay to 0 over each phase.",
+           _choice("constant", "cosine")),
+    Option("warmup_epochs", "WARMUP_EPOCHS", "Epochs of linear warm-up from 0 at the start of "
+           "training (< EPOCHS).", _integer(0, 100000)),
+    Option("label_smoothing", "LABEL_SMOOTHING", "Label smoothing of the training loss "
+           "(0 <= x < 1).", _number(0.0, 1.0, low_inclusive=True)),
+    Option("early_stopping_patience", "EARLY_STOPPING_PATIENCE", "Stop when MONITOR has not "
+           "improved for this many epochs of the last phase; 0 never stops early.",
+           _integer(0, 100000)),
+    Option("augment", "AUGMENT", "auto, none, or a list of " + ", ".join(AUGMENTATIONS)
+           + "; auto is flip,translate except for digits and mnist (none).", _augment),
+    Option("precision", "PRECISION", "auto, float32, bfloat16 or float16 (mixed, with loss "
+           "scaling); auto is bfloat16 on GPUs that support it, float32 elsewhere.",
+           _choice("auto", "float32", "bfloat16", "float16")),
+    Option("xla", "XLA", "auto, on or off: XLA-compile each replica's forward and backward "
+           "pass; auto is on with one GPU per worker, off otherwise.",
+           _choice("auto", "on", "off")),
 )
 
 
@@ -225,6 +302,7 @@ def load_settings(
         values[option.field] = option.parse(option.variable, text)
     settings = Settings(**values)
     _check_image_size(settings)
+    _check_recipe(settings)
     if not settings.run_id:
         settings = dataclasses.replace(settings, run_id=generate_run_id(settings))
     return settings
@@ -237,6 +315,16 @@ def _check_image_size(settings: Settings) -> None:
             f"IMAGE_SIZE={settings.image_size} is below {settings.backbone}'s minimum of "
             f"{minimum}; give IMAGE_SIZE >= {minimum} or leave it unset"
         )
+
+
+def _check_recipe(settings: Settings) -> None:
+    if settings.fine_tune_epochs and settings.weights == "none":
+        raise ConfigError(f"FINE_TUNE_EPOCHS={settings.fine_tune_epochs} freezes a backbone that "
+                          "WEIGHTS=none leaves random; give pre-trained WEIGHTS or "
+                          "FINE_TUNE_EPOCHS=0")
+    if settings.warmup_epochs and settings.warmup_epochs >= settings.epochs:
+        raise ConfigError(f"WARMUP_EPOCHS={settings.warmup_epochs} is not below "
+                          f"EPOCHS={settings.epochs}; give fewer warm-up epochs")
 
 
 def generate_run_id(settings: Settings, now: float | None = None) -> str:

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from trainer.errors import TransientError
+from trainer.errors import Terminated, TransientError
 from trainer.logs import get_logger
 from trainer.storage import Store
 
@@ -92,12 +92,18 @@ class Uploader:
                     self._pending.pop(key, None)
                 self._condition.notify_all()
 
-    def flush(self, timeout: float) -> None:
+    def flush(self, timeout: float, stop: threading.Event | None = None,
+              stop_grace: float = 15.0) -> None:
         """Return once every upload is done; TransientError (exit 75) naming the local copies
-        if storage stays unreachable for `timeout` seconds."""
+        if storage stays unreachable for `timeout` seconds. Once `stop` is set (SIGTERM), wait
+        at most `stop_grace` seconds more, then raise Terminated (exit 143)."""
         deadline = time.monotonic() + timeout
+        stopping = False
         with self._condition:
             while self._pending and self._failure is None:
+                if stop is not None and stop.is_set() and not stopping:
+                    stopping = True
+                    deadline = min(deadline, time.monotonic() + stop_grace)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -107,6 +113,10 @@ class Uploader:
         if left:
             self.close()
             listing = ", ".join(str(p) for p in left)
+            if stopping:
+                raise Terminated(f"stopped by SIGTERM with {len(left)} file(s) not yet in "
+                                 f"{self.store.uri}, kept locally: {listing}; rerun with the "
+                                 "same RUN_ID to resume")
             raise TransientError(
                 f"storage {self.store.uri} stayed unreachable for UPLOAD_TIMEOUT={timeout:g} s "
                 f"after training; {len(left)} file(s) kept locally: {listing}; rerun with the same "

@@ -1,0 +1,176 @@
+"""The transfer-learning recipe: what trains in each phase, the learning-rate schedule, early
+stopping, mixed precision, and transfer from a pre-trained backbone beating a cold start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_JOB, clean_environ, json_lines, run_entrypoint, score_model
+
+from trainer.recipe import PhasedSchedule, phase_of, set_trainable, stop_early
+from trainer.settings import load_settings
+
+
+def _train_steps(model, steps: int = 3) -> tuple:  # noqa: ANN001 - a keras.Model
+    """Real training steps of the job's loop on random images, 3 classes."""
+    import keras
+    import tensorflow as tf
+
+    from trainer.backbones import preprocess_function
+    from trainer.data import Split
+    from trainer.loop import Loop
+    from trainer.pipeline import batch_preprocessor, training_input
+
+    optimizer = keras.optimizers.Adam(1e-2)
+    model.trainable = True
+    optimizer.build(model.trainable_variables)
+    loop = Loop(tf.distribute.get_strategy(), model, optimizer, global_batch=8)
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8), np.arange(32) % 3)
+    preprocess = batch_preprocessor(32, preprocess_function("MobileNetV2"))
+    return loop, lambda: loop.train_epoch(training_input(split, 32, preprocess, 8, 0, 1), steps)
+
+
+def _values(model) -> dict[str, np.ndarray]:  # noqa: ANN001
+    return {v.path: np.array(v.numpy()) for v in model.variables}
+
+
+@pytest.fixture(scope="module")
+def mobilenet():  # noqa: ANN201 - a keras.Model with BatchNormalization, as most backbones
+    import keras
+
+    from trainer.backbones import build_model
+
+    keras.utils.set_random_seed(0)
+    return build_model("MobileNetV2", "avg", 32, 3, None)
+
+
+def test_the_head_phase_changes_the_head_only(mobilenet) -> None:  # noqa: ANN001
+    settings = load_settings({"FINE_TUNE_EPOCHS": "1", "EPOCHS": "1"})
+    loop, train = _train_steps(mobilenet)
+    assert set_trainable(mobilenet, phase_of(settings, 1), None) == []
+    loop.retrace()
+    before = _values(mobilenet)
+    train()
+    after = _values(mobilenet)
+    changed = {path for path in before if not np.array_equal(before[path], after[path])}
+    # BatchNormalization's moving statistics too: frozen means inference mode.
+    assert changed and all(path.startswith("predictions/") for path in changed), changed
+
+
+def test_fine_tuning_trains_exactly_the_top_n_layers(mobilenet) -> None:  # noqa: ANN001
+    settings = load_settings({"FINE_TUNE_EPOCHS": "1", "EPOCHS": "1", "FINE_TUNE_LAYERS": "4"})
+    loop, train = _train_steps(mobilenet)
+    trained = set_trainable(mobilenet, phase_of(settings, 2), settings.fine_tune_layers)
+    loop.retrace()
+    assert len(trained) == 4
+    before = _values(mobilenet)
+    train()
+    after = _values(mobilenet)
+    changed_layers = {path.split("/")[0] for path in before
+                      if not np.array_equal(before[path], after[path])}
+    assert changed_layers == {*trained, "predictions"}
+    assert not any("BN" in name or "bn" in name for name in changed_layers)
+
+
+def test_the_schedule_warms_up_decays_and_switches_rate_per_phase() -> None:
+    settings = load_settings({"EPOCHS": "4", "WARMUP_EPOCHS": "1", "LR_SCHEDULE": "cosine",
+                              "LEARNING_RATE": "1e-3", "FINE_TUNE_EPOCHS": "2",
+                              "FINE_TUNE_LEARNING_RATE": "1e-4"})
+    schedule = PhasedSchedule(settings, steps_per_epoch=10)
+    rate = {step: float(schedule(step)) for step in (0, 4, 9, 20, 39, 40, 50, 59, 60)}
+    assert rate[0] == pytest.approx(1e-4)  # warm-up: 1/10 of the way
+    assert rate[4] == pytest.approx(5e-4 * 0.5 * (1 + np.cos(np.pi * 4 / 40)), rel=1e-5)
+    assert rate[9] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 9 / 40)), rel=1e-5)
+    assert rate[20] == pytest.approx(5e-4, rel=1e-5)  # halfway down the cosine
+    assert rate[39] < 1e-5
+    assert rate[40] == pytest.approx(1e-4)  # the fine-tuning phase starts at its own rate
+    assert rate[50] == pytest.approx(5e-5, rel=1e-5)
+    assert rate[59] < 1e-6 and rate[60] == 0.0
+    constant = PhasedSchedule(load_settings({"EPOCHS": "3"}), steps_per_epoch=10)
+    assert {float(constant(s)) for s in (0, 15, 29)} == {pytest.approx(1e-3)}
+
+
+def test_early_stopping_counts_the_last_phase_only() -> None:
+    settings = load_settings({"EPOCHS": "3", "FINE_TUNE_EPOCHS": "5",
+                              "EARLY_STOPPING_PATIENCE": "2"})
+    assert not stop_early(settings, epoch=3, best_epoch=1)  # the head phase always completes
+    assert not stop_early(settings, epoch=4, best_epoch=1)
+    assert stop_early(settings, epoch=5, best_epoch=1)
+    assert not stop_early(settings, epoch=6, best_epoch=5)
+    assert not stop_early(load_settings({"EPOCHS": "9"}), epoch=9, best_epoch=1)
+
+
+def test_early_stopping_stops_and_the_run_finishes(tiny_npz: Path, tmp_path: Path) -> None:
+    # A learning rate too small to change any prediction: val_accuracy never improves.
+    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path),
+                        RUN_ID="patience", EPOCHS="6", LEARNING_RATE="1e-12",
+                        EARLY_STOPPING_PATIENCE="2", VALIDATION_SPLIT="0.25")
+    result = run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    history = json.loads((tmp_path / "patience" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    manifest = json.loads((tmp_path / "patience" / "manifest.json").read_text())
+    assert manifest["stopped_early"] is True and manifest["best_epoch"] == 1
+    assert any(r["message"].startswith("stopping early") for r in json_lines(result.stdout))
+
+
+def test_float16_keeps_a_float32_softmax_and_a_loadable_best_h5(
+        tiny_npz: Path, tmp_path: Path) -> None:
+    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path),
+                        RUN_ID="half", EPOCHS="2", PRECISION="float16", LABEL_SMOOTHING="0.1",
+                        LR_SCHEDULE="cosine", AUGMENT="flip,crop,translate",
+                        LEARNING_RATE="1e-4", VALIDATION_SPLIT="0.25")
+    result = run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "half" / "config.json").read_text())
+    assert config["precision"] == "mixed_float16"
+    assert config["augmentations"] == ["flip", "crop", "translate"]
+    history = json.loads((tmp_path / "half" / "history.json").read_text())
+    assert all(np.isfinite(row["loss"]) for row in history)
+    assert history[0]["learning_rate"] < 1e-4  # the cosine is on its way down
+    scored = score_model(tmp_path / "half" / "best.h5", tiny_npz, env)
+    assert scored["dtype"] == "float32"
+
+
+def _digits_npz(path: Path, classes: range) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = np.isin(digits.target, list(classes))
+    images = np.round(digits.images[keep] * (255 / 16)).astype(np.uint8)
+    labels = digits.target[keep] - classes.start
+    np.savez(path, x_train=images, y_train=labels.astype(np.int64))
+    return path
+
+
+def test_pretrained_weights_beat_a_cold_start_on_the_same_budget(tmp_path: Path) -> None:
+    """A backbone trained on digits 0-4, frozen then fine-tuned on digits 5-9, against the same
+    two epochs from random weights."""
+    source = _digits_npz(tmp_path / "source.npz", range(0, 5))
+    target = _digits_npz(tmp_path / "target.npz", range(5, 10))
+    common = {**TINY_JOB, "ARTIFACT_URI": str(tmp_path / "runs"), "VALIDATION_SPLIT": "0.25",
+              "BATCH_SIZE": "32", "LEARNING_RATE": "1e-4"}
+    pretrain = run_entrypoint(clean_environ(common, DATASET=str(source), RUN_ID="source",
+                                            EPOCHS="3"))
+    assert pretrain.returncode == 0, pretrain.stderr
+    weights = tmp_path / "runs" / "source" / "best.h5"
+    results = {}
+    for name, extra in (("transfer", {"WEIGHTS": str(weights), "EPOCHS": "1",
+                                      "FINE_TUNE_EPOCHS": "1", "LEARNING_RATE": "1e-3",
+                                      "FINE_TUNE_LEARNING_RATE": "1e-4"}),
+                        ("scratch", {"WEIGHTS": "none", "EPOCHS": "2"})):
+        run = run_entrypoint(clean_environ(common, extra, DATASET=str(target), RUN_ID=name))
+        assert run.returncode == 0, run.stderr
+        history = json.loads((tmp_path / "runs" / name / "history.json").read_text())
+        results[name] = history[-1]["val_accuracy"]
+        if name == "transfer":
+            phases = [r for r in json_lines(run.stdout) if r["message"].startswith("phase ")]
+            assert [p["message"].split(":")[0] for p in phases] == ["phase head",
+                                                                   "phase fine-tune"]
+            assert phases[0]["trained_backbone_layers"] == 0
+            assert phases[1]["trained_backbone_layers"] == 13  # VGG16's convolutions
+    assert results["transfer"] > results["scratch"] + 0.1, results
