@@ -33,13 +33,25 @@ JOB = {"BACKBONE": "VGG16", "WEIGHTS": "none", "IMAGE_SIZE": "32", "EPOCHS": "3"
        "BATCH_SIZE": "32", "LEARNING_RATE": "1e-4", "LOG_FORMAT": "json", "STEPS_PER_CALL": "10"}
 
 
-def _digits(path: Path, classes: range = range(10), limit: int | None = None) -> Path:
+def _digits(path: Path, classes: range = range(10), limit: int | None = None,
+            train_per_class: int | None = None) -> Path:
+    """digits of `classes` labelled from 0 (the first `limit`); with `train_per_class`, that
+    many training images per class and the rest as the test split."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    keep = np.flatnonzero(np.isin(digits.target, list(classes)))[:limit]
-    np.savez(path, x_train=np.round(digits.images[keep] * 255 / 16).astype(np.uint8),
-             y_train=(digits.target[keep] - classes.start).astype(np.int64))
+    images = np.round(digits.images * 255 / 16).astype(np.uint8)
+    labels = (digits.target - classes.start).astype(np.int64)
+    if train_per_class is None:
+        keep = np.flatnonzero(np.isin(digits.target, list(classes)))[:limit]
+        np.savez(path, x_train=images[keep], y_train=labels[keep])
+        return path
+    rng = np.random.default_rng(0)
+    indices = [rng.permutation(np.flatnonzero(digits.target == c)) for c in classes]
+    train = np.concatenate([i[:train_per_class] for i in indices])
+    test = np.concatenate([i[train_per_class:] for i in indices])
+    np.savez(path, x_train=images[train], y_train=labels[train], x_test=images[test],
+             y_test=labels[test])
     return path
 
 
@@ -109,14 +121,16 @@ def upload_overhead(work: Path) -> dict:
 
 
 def transfer(work: Path) -> dict:
+    """The transfer test's protocol (tests/test_recipe.py), with a longer pre-training."""
     base = {**os.environ, **JOB, "ARTIFACT_URI": str(work / "transfer"), "WORK_DIR": str(work),
-            "VALIDATION_SPLIT": "0.25", "AUGMENT": "none"}
+            "AUGMENT": "none", "BATCH_SIZE": "16", "SEED": "1"}
     source = _digits(work / "source.npz", range(0, 5))
-    target = _digits(work / "target.npz", range(5, 10))
-    pretrain = _run({**base, "DATASET": str(source), "RUN_ID": "source", "EPOCHS": "4"})
+    target = _digits(work / "target.npz", range(5, 10), train_per_class=30)
+    pretrain = _run({**base, "DATASET": str(source), "RUN_ID": "source", "EPOCHS": "4",
+                     "BATCH_SIZE": "32", "VALIDATION_SPLIT": "0.25"})
     weights = str(work / "transfer" / "source" / "best.h5")
     transferred = _run({**base, "DATASET": str(target), "RUN_ID": "transfer", "WEIGHTS": weights,
-                        "EPOCHS": "1", "FINE_TUNE_EPOCHS": "1", "LEARNING_RATE": "1e-3",
+                        "EPOCHS": "1", "FINE_TUNE_EPOCHS": "1", "LEARNING_RATE": "1e-2",
                         "FINE_TUNE_LEARNING_RATE": "1e-4"})
     scratch = _run({**base, "DATASET": str(target), "RUN_ID": "scratch", "EPOCHS": "2"})
     return {"source": pretrain, "transfer": transferred, "scratch": scratch}
@@ -215,10 +229,11 @@ memory of the process.
 
 ## 5. Transfer learning, offline
 
-VGG16 at 32x32 trained from random weights on digits 0-4 (4 epochs, val_accuracy
-{proof['source']['val_accuracy']:.3f}); its `best.h5` is then `WEIGHTS` for digits 5-9: 1 epoch
-of the head alone (backbone frozen, LEARNING_RATE=1e-3) and 1 of fine-tuning
-(FINE_TUNE_LEARNING_RATE=1e-4), against 2 epochs from random weights (LEARNING_RATE=1e-4).
+VGG16 at 32x32 trained from random weights on all of digits 0-4 (4 epochs, val_accuracy
+{proof['source']['val_accuracy']:.3f}); its `best.h5` is then `WEIGHTS` for digits 5-9 with 30
+training images per class (batch 16): 1 epoch of the head alone (backbone frozen,
+LEARNING_RATE=1e-2) and 1 of fine-tuning (FINE_TUNE_LEARNING_RATE=1e-4), against 2 epochs from
+random weights (LEARNING_RATE=1e-4). Accuracy on the other ~750 images of digits 5-9.
 
 | digits 5-9, 2 epochs | val_accuracy | training seconds |
 |---|---|---|
