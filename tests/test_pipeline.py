@@ -14,6 +14,7 @@ from trainer.errors import DataError
 from trainer.pipeline import (
     augmenter,
     batch_preprocessor,
+    cache_decoded,
     evaluation_input,
     padded_length,
     training_input,
@@ -121,3 +122,21 @@ def test_augmentation_handles_grayscale_and_reaches_the_batches() -> None:
                                               augment=("flip", "translate")), 1)
     assert np.array_equal(plain[0], plain[1])
     assert not all(np.array_equal(augmented[0], a) for a in augmented[1:])
+
+
+def test_decoded_images_are_cached_in_memory_when_they_fit(image_folder: Path) -> None:
+    data = load_dataset(str(image_folder), validation_split=0.1, seed=0)
+    assert not data.train.in_memory
+    cached = cache_decoded(data.train, 16, budget=10**9)
+    assert cached.in_memory and cached.images.shape == (len(data.train), 16, 16, 3)
+    prep = batch_preprocessor(16, _identity)
+    # The same images as decoding every epoch gives, each with its own label.
+    fresh = _batches(evaluation_input(data.train, 16, prep, 4), 5)
+    kept = _batches(evaluation_input(cached, 16, prep, 4), 5)
+
+    def pairs(batches: list) -> list:
+        return sorted((int(y), x.tobytes()) for xs, ys, _ in batches
+                      for x, y in zip(xs, ys, strict=True))
+
+    assert pairs(fresh) == pairs(kept)
+    assert cache_decoded(data.train, 16, budget=100) is data.train  # too big: decoded per epoch

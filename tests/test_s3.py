@@ -123,8 +123,11 @@ def test_a_run_into_s3_then_fetch_and_predict(s3_server: S3Server, tiny_npz: Pat
     fetched_weights = tmp_path / "work" / "weights" / bucket / "weights" / "start.weights.h5"
     assert fetched_weights.read_bytes() == (tmp_path / "start.weights.h5").read_bytes()
     objects = _objects(s3_server, bucket, "runs/s3run/")
-    assert {"config.json", "best.h5", "history.json", "history.csv", "manifest.json"} <= set(
-        objects)
+    assert {"config.json", "best.h5", "history.json", "history.csv", "manifest.json",
+            "samples.png", "curves.png", "metrics.json", "confusion.png", "errors.png",
+            "report.html"} <= set(objects)
+    assert {name.split("/")[1] for name in objects if name.startswith("tensorboard/")} == {
+        "train", "validation"}
     manifest = _assert_manifest_matches(objects)
     assert set(manifest["artifacts"]) == set(objects) - {"manifest.json"}
 
@@ -135,6 +138,8 @@ def test_a_run_into_s3_then_fetch_and_predict(s3_server: S3Server, tiny_npz: Pat
     assert fetched.returncode == 0, fetched.stderr
     model = tmp_path / "models" / "s3run" / "best.h5"
     assert model.read_bytes() == objects["best.h5"]
+    assert (tmp_path / "models" / "s3run" / "report.html").read_bytes() == objects["report.html"]
+    assert list((tmp_path / "models" / "s3run" / "tensorboard" / "validation").iterdir())
     from PIL import Image
 
     Image.new("L", (8, 8), 255).save(tmp_path / "white.png")

@@ -95,6 +95,40 @@ def predict(model: str, images: tuple[str, ...], top: int, artifact_uri: str) ->
         click.echo(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
 
 
+@cli.command()
+@click.argument("model")
+@click.argument("dataset")
+@click.option("--to", "destination", type=click.Path(file_okay=False), default="evaluation",
+              show_default=True, help="Folder for metrics.json, confusion.png and errors.png.")
+@click.option("--split", type=click.Choice(["val", "all"]), default="val", show_default=True,
+              help="val: the dataset's validation or test split (else VALIDATION_SPLIT of its "
+              "images, as training holds out); all: every image.")
+@click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
+              show_default=True, help="Where runs are stored, when MODEL is a run id.")
+def evaluate(model: str, dataset: str, destination: str, split: str, artifact_uri: str) -> None:
+    """Metrics and pictures of MODEL (a run id or an .h5) on DATASET (anything DATASET takes)."""
+    settings = load_settings({**os.environ, "DATASET": dataset,
+                              "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")})
+    _configure(settings)
+    from trainer.predict import evaluate_model, resolve_model
+
+    path = resolve_model(model, _store(artifact_uri))
+    metrics = evaluate_model(path, settings, split, Path(destination))
+    click.echo(f"accuracy {metrics['accuracy']:.4f} on {metrics['examples']} images; "
+               f"metrics.json, confusion.png and errors.png in {destination}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
+              show_default=True, help="Where runs are stored: a local folder or s3://bucket[/prefix].")
+def report(run_id: str, artifact_uri: str) -> None:
+    """Rebuild a run's report.html from its files, in the store."""
+    from trainer.runs import rebuild_report
+
+    click.echo(rebuild_report(_store(artifact_uri), _checked_run_id(run_id)))
+
+
 def _store(artifact_uri: str):  # noqa: ANN202 - a Store
     from trainer.storage import open_store
 

@@ -38,6 +38,20 @@ class Split:
         return isinstance(self.images, np.ndarray)
 
 
+def pixels(split: Split, indices: Any) -> list[np.ndarray]:
+    """The images at `indices` as uint8 arrays, decoded where the split holds files or bytes
+    (for pictures; training decodes in its tf.data pipeline)."""
+    import io
+
+    from PIL import Image
+
+    if split.in_memory:
+        return [split.images[i] for i in indices]
+    sources = [io.BytesIO(split.images[i]) if split.encoded else split.images[i]
+               for i in indices]
+    return [np.asarray(Image.open(source).convert("RGB")) for source in sources]
+
+
 @dataclass(frozen=True)
 class Dataset:
     train: Split

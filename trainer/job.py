@@ -8,6 +8,7 @@ A run whose RUN_ID has resume state continues from it; a finished run exits at o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ class Training:
     preprocessor: Any
     metadata: dict[str, Any]
     artifacts: Any  # None on workers other than the chief
+    scalars: Any  # TensorBoard event files; None on workers other than the chief
 
 
 def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
@@ -99,6 +101,17 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
     import keras
     import tensorflow as tf
 
+    from trainer.pipeline import cache_decoded, memory_budget
+
+    # Decoded once, not every epoch, where the images fit in a quarter of the memory.
+    budget = memory_budget()
+    cached = dataclasses.replace(dataset, train=cache_decoded(dataset.train, image_size, budget),
+                                 val=cache_decoded(dataset.val, image_size, budget))
+    if cached.train.in_memory and not dataset.train.in_memory:
+        get_logger().info("decoded images kept in memory", extra={
+            "run_id": settings.run_id, "images": len(cached.train) + len(cached.val)})
+    dataset = cached
+
     from trainer.backbones import preprocess_function, preprocessing_name
     from trainer.distribution import resolve_precision, resolve_xla
     from trainer.loop import Loop
@@ -136,8 +149,13 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
     preprocessor = batch_preprocessor(image_size, preprocess_function(settings.backbone))
     loop = Loop(strategy, model, optimizer, global_batch, settings.steps_per_call,
                 settings.label_smoothing, xla)
-    return Training(settings, loop, checkpoint,
-                    dataset, image_size, global_batch, steps, preprocessor, metadata, artifacts)
+    scalars = None
+    if artifacts:
+        from trainer.scalars import ScalarLog
+
+        scalars = ScalarLog(artifacts)
+    return Training(settings, loop, checkpoint, dataset, image_size, global_batch, steps,
+                    preprocessor, metadata, artifacts, scalars)
 
 
 def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
@@ -202,29 +220,22 @@ def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
                 _save_best(training, epoch, value)
             artifacts.write_history(state.history)
             _save_curves(artifacts, state, settings.monitor)
+            training.scalars.write(row)
         if stop.is_set() and epoch < settings.total_epochs:
             _save_and_stop(training, state, f"the end of epoch {epoch}", saved=True)
     return state
 
 
 def _save_samples(artifacts: Any, dataset: Any, count: int = 32) -> None:
-    import io
-
     import numpy as np
-    from PIL import Image
 
+    from trainer.data import pixels
     from trainer.plots import save_samples
 
     split = dataset.train
     chosen = np.random.default_rng(0).permutation(len(split))[:count]
-    if split.in_memory:
-        images = [split.images[i] for i in chosen]
-    else:
-        sources = [io.BytesIO(split.images[i]) if split.encoded else split.images[i]
-                   for i in chosen]
-        images = [np.asarray(Image.open(source).convert("RGB")) for source in sources]
     names = [dataset.class_names[split.labels[i]] for i in chosen]
-    save_samples(images, names, artifacts.path("samples.png"))
+    save_samples(pixels(split, chosen), names, artifacts.path("samples.png"))
     artifacts.publish("samples.png")
 
 
@@ -240,6 +251,29 @@ def _save_best(training: Training, epoch: int, value: float) -> None:
                                   {**training.metadata, "epoch": epoch})
     get_logger().info("saved best.h5", extra={"run_id": training.settings.run_id,
                                               "epoch": epoch, training.settings.monitor: value})
+
+
+def _evaluate_best(training: Training, summary: dict[str, Any]) -> None:
+    """The best epoch's model, as saved, on the validation split; then the report."""
+    import keras
+
+    from trainer.evaluation import EVALUATION_FILES, evaluate
+    from trainer.report import build_report
+    from trainer.storage import write_atomic
+
+    artifacts = training.artifacts
+    model = keras.models.load_model(artifacts.path("best.h5"), compile=False)
+    metrics = evaluate(model, training.dataset.val, training.image_size, training.preprocessor,
+                       training.metadata["class_names"], artifacts.local_dir,
+                       source="the validation split")
+    page = build_report(artifacts.local_dir, training.settings.run_id, summary)
+    write_atomic(artifacts.path("report.html"), page.encode())
+    for name in (*EVALUATION_FILES, "report.html"):
+        artifacts.publish(name)
+    get_logger().info("evaluated the best model", extra={
+        "run_id": training.settings.run_id, "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"], **({"top5_accuracy": metrics["top5_accuracy"]}
+                                            if "top5_accuracy" in metrics else {})})
 
 
 def _republish(training: Training, state: Any) -> None:
@@ -282,11 +316,13 @@ def _finish(training: Training, state: Any, store: Store, stop: threading.Event)
                           extra={"run_id": settings.run_id,
                                  "weights_sha256": weights_digest(training.loop.model)})
         return
+    training.scalars.close()
+    summary = {"status": "finished", "best_epoch": state.best_epoch,
+               "best_value": state.best_value, "monitor": settings.monitor}
+    _evaluate_best(training, summary)
     # The manifest goes last, once every artifact it lists is in the store.
     artifacts.finish_uploads(settings.upload_timeout, stop)
-    manifest = artifacts.manifest(status="finished", best_epoch=state.best_epoch,
-                                  best_value=state.best_value, monitor=settings.monitor,
-                                  epochs_done=len(state.history),
+    manifest = artifacts.manifest(**summary, epochs_done=len(state.history),
                                   stopped_early=len(state.history) < settings.total_epochs)
     artifacts.write_json("manifest.json", manifest)
     artifacts.finish_uploads(settings.upload_timeout, stop)

@@ -8,6 +8,7 @@ padded to whole global batches with zero-weight examples, so its metrics are exa
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -139,3 +140,31 @@ def evaluation_input(
         return ds.prefetch(AUTOTUNE)
 
     return dataset_fn
+
+
+def memory_budget(fraction: float = 0.25) -> int:
+    """`fraction` of the memory this process may use: the cgroup's limit in a container, else
+    the machine's."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            return int(int(limit) * fraction)
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
+
+
+def cache_decoded(split: Split, image_size: int, budget: int) -> Split:
+    """Image files or encoded bytes decoded once, at the training size, into memory when they
+    fit in `budget` bytes, so that epochs after the first spend no time decoding; otherwise
+    the split as it is (decoded anew every epoch)."""
+    if split.in_memory or len(split) * image_size * image_size * 3 > budget:
+        return split
+    ds = _decoded(_source(split), split, image_size).batch(256)
+    images, labels = [], []
+    for image_batch, label_batch in ds.as_numpy_iterator():
+        images.append(image_batch)
+        labels.append(label_batch)
+    return Split(np.concatenate(images), np.concatenate(labels))

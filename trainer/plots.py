@@ -59,3 +59,37 @@ def _write(plt: Any, figure: Any, path: Path) -> None:
     figure.savefig(png, format="png", dpi=100)
     plt.close(figure)
     write_atomic(path, png.getvalue())
+
+
+def save_confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
+    """The confusion matrix, counts in the cells, rows true and columns predicted."""
+    plt = _pyplot()
+    side = min(max(4.0, 0.45 * len(names) + 2), 24.0)
+    figure, axis = plt.subplots(figsize=(side, side))
+    axis.imshow(matrix, cmap="Blues")
+    ticks = range(len(names))
+    axis.set_xticks(ticks, names, rotation=90, fontsize=7)
+    axis.set_yticks(ticks, names, fontsize=7)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if len(names) <= 30:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for (row, column), count in np.ndenumerate(matrix):
+            axis.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                      color="white" if count > threshold else "black")
+    _write(plt, figure, path)
+
+
+def save_errors(images: list[np.ndarray], true_names: list[str], predicted_names: list[str],
+                path: Path, columns: int = 8) -> None:
+    """Misclassified images titled `true -> predicted`; a note when there are none."""
+    if not images:
+        plt = _pyplot()
+        figure, axis = plt.subplots(figsize=(6, 2))
+        axis.axis("off")
+        axis.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=14)
+        _write(plt, figure, path)
+        return
+    titles = [f"{true} -> {predicted}"
+              for true, predicted in zip(true_names, predicted_names, strict=True)]
+    save_samples(images, titles, path, columns)

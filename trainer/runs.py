@@ -10,6 +10,8 @@ from trainer.errors import DataError, StorageError
 from trainer.storage import Store
 
 FETCHED = ("best.h5", "config.json", "history.json", "manifest.json")
+OPTIONAL_FETCHED = ("metrics.json", "confusion.png", "errors.png", "report.html", "curves.png",
+                    "samples.png", "history.csv")
 
 
 def _json(store: Store, key: str) -> dict | list | None:
@@ -42,7 +44,8 @@ def list_runs(store: Store) -> list[str]:
 
 def fetch_run(store: Store, run_id: str, destination: Path) -> Path:
     """Download best.h5, config.json, history.json and manifest.json into destination/run_id,
-    each verified against the manifest's sha256."""
+    and the evaluation, report.html and TensorBoard files where the manifest lists them, each
+    verified against the manifest's sha256."""
     manifest = _json(store, f"{run_id}/manifest.json")
     if not isinstance(manifest, dict):
         raise StorageError(f"run {run_id} has no manifest.json in {store.uri}: it does not exist "
@@ -52,9 +55,12 @@ def fetch_run(store: Store, run_id: str, destination: Path) -> Path:
     if root not in folder.parents:
         raise DataError(f"run id {run_id} would write outside {root}; give a plain run id")
     listed = manifest.get("artifacts", {})
-    for name in FETCHED:
+    # The evaluation, the report and the TensorBoard files too, where the run has them.
+    extras = [name for name in listed if name in OPTIONAL_FETCHED or name.startswith(
+        "tensorboard/")]
+    for name in (*FETCHED, *extras):
         target = (folder / name).resolve()
-        if target.parent != folder:
+        if folder not in target.parents:
             raise DataError(f"{name} would be written outside {folder}")
         if name == "manifest.json":
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -67,3 +73,31 @@ def fetch_run(store: Store, run_id: str, destination: Path) -> Path:
             raise DataError(f"{name} of run {run_id} does not match the sha256 in its manifest; "
                             "fetch it again, and if it persists the stored copy is damaged")
     return folder
+
+
+def rebuild_report(store: Store, run_id: str) -> str:
+    """report.html of a run rebuilt from its files in the store; returns where it went."""
+    import tempfile
+
+    from trainer.report import PICTURES, build_report
+    from trainer.storage import write_atomic
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        names = ["config.json", "history.json", "metrics.json", "manifest.json",
+                 *(name for name, _ in PICTURES)]
+        found = [name for name in names if store.get_file(f"{run_id}/{name}", folder / name)]
+        if "history.json" not in found and "config.json" not in found:
+            raise StorageError(f"run {run_id} has no config.json or history.json in "
+                               f"{store.uri}; see `trainer runs`")
+        report = folder / "report.html"
+        write_atomic(report, build_report(folder, run_id).encode())
+        store.put_file(f"{run_id}/report.html", report)
+        if "manifest.json" in found:
+            # The manifest vouches for every file it lists: it gets the new report's digest.
+            manifest = json.loads((folder / "manifest.json").read_text())
+            manifest.setdefault("artifacts", {})["report.html"] = {
+                "size": report.stat().st_size, "sha256": sha256_of(report)}
+            write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+            store.put_file(f"{run_id}/manifest.json", folder / "manifest.json")
+    return f"{store.uri.rstrip('/')}/{run_id}/report.html"
