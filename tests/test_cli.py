@@ -60,9 +60,9 @@ def test_fetch_downloads_and_verifies(finished_run: dict, tmp_path: Path) -> Non
                      str(finished_run["root"]), env=finished_run["env"])
     assert result.returncode == 0, result.stderr
     fetched = sorted(p.name for p in (tmp_path / "tiny").iterdir())
-    assert fetched == ["best.h5", "confusion.png", "config.json", "curves.png", "errors.png",
-                       "history.csv", "history.json", "manifest.json", "metrics.json",
-                       "report.html", "samples.png", "tensorboard"]
+    assert fetched == sorted(["best.h5", "confusion.png", "config.json", "curves.png",
+                              "errors.png", "history.csv", "history.json", "manifest.json",
+                              "metrics.json", "report.html", "samples.png", "tensorboard"])
     assert not (tmp_path / "tiny" / "state").exists()  # resume state stays in the store
     assert (tmp_path / "tiny" / "best.h5").read_bytes() == (
         finished_run["run"] / "best.h5").read_bytes()
