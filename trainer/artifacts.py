@@ -71,11 +71,11 @@ class RunArtifacts:
         if self._publisher is not None:
             self._publisher.raise_if_refused()
 
-    def finish_uploads(self, timeout: float, stop: Any = None) -> None:
+    def finish_uploads(self, timeout: float, stop: Any = None, stop_grace: float = 0.0) -> None:
         """Every published file in the store, or TransientError after `timeout` seconds
-        (Terminated soon after `stop`, a threading.Event, is set)."""
+        (Terminated `stop_grace` seconds after `stop`, a threading.Event, is set)."""
         if self._publisher is not None:
-            self._publisher.flush(timeout, stop)
+            self._publisher.flush(timeout, stop, stop_grace)
 
     def write_json(self, name: str, content: Any) -> None:
         write_atomic(self.path(name), json.dumps(content, indent=2, sort_keys=True).encode())

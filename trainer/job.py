@@ -321,11 +321,11 @@ def _finish(training: Training, state: Any, store: Store, stop: threading.Event)
                "best_value": state.best_value, "monitor": settings.monitor}
     _evaluate_best(training, summary)
     # The manifest goes last, once every artifact it lists is in the store.
-    artifacts.finish_uploads(settings.upload_timeout, stop)
+    artifacts.finish_uploads(settings.upload_timeout, stop, TERMINATION_UPLOAD_SECONDS)
     manifest = artifacts.manifest(**summary, epochs_done=len(state.history),
                                   stopped_early=len(state.history) < settings.total_epochs)
     artifacts.write_json("manifest.json", manifest)
-    artifacts.finish_uploads(settings.upload_timeout, stop)
+    artifacts.finish_uploads(settings.upload_timeout, stop, TERMINATION_UPLOAD_SECONDS)
     get_logger().info(
         f"run finished: best {settings.monitor}={state.best_value:.4f} at epoch "
         f"{state.best_epoch}; model at {artifacts.key('best.h5')} in {store.uri}; load it with "

@@ -91,7 +91,7 @@ class PhasedSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 factor = factor * 0.5 * (1.0 + ops.cos(math.pi * progress))
             inside = ops.logical_and(step >= start, step < end)
             rate = ops.where(inside, base * factor, rate)
-        last_start, last_end, last_base, _ = self.spans[-1]
+        _, last_end, last_base, _ = self.spans[-1]
         # Past the planned steps (never in a run, but in a report): the last phase's end value.
         final = 0.0 if self.kind == "cosine" else last_base
         return ops.where(step >= last_end, final, rate)

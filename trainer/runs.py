@@ -7,11 +7,11 @@ from pathlib import Path
 
 from trainer.artifacts import sha256_of
 from trainer.errors import DataError, StorageError
+from trainer.evaluation import EVALUATION_FILES
 from trainer.storage import Store
 
 FETCHED = ("best.h5", "config.json", "history.json", "manifest.json")
-OPTIONAL_FETCHED = ("metrics.json", "confusion.png", "errors.png", "report.html", "curves.png",
-                    "samples.png", "history.csv")
+OPTIONAL_FETCHED = (*EVALUATION_FILES, "report.html", "curves.png", "samples.png", "history.csv")
 
 
 def _json(store: Store, key: str) -> dict | list | None:

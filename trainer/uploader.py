@@ -93,7 +93,7 @@ class Uploader:
                 self._condition.notify_all()
 
     def flush(self, timeout: float, stop: threading.Event | None = None,
-              stop_grace: float = 15.0) -> None:
+              stop_grace: float = 0.0) -> None:
         """Return once every upload is done; TransientError (exit 75) naming the local copies
         if storage stays unreachable for `timeout` seconds. Once `stop` is set (SIGTERM), wait
         at most `stop_grace` seconds more, then raise Terminated (exit 143)."""
