@@ -218,9 +218,10 @@ def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
             save_state(artifacts, training.checkpoint, state)
             if improved:
                 _save_best(training, epoch, value)
-            artifacts.write_history(state.history)
             _save_curves(artifacts, state, settings.monitor)
             training.scalars.write(row)
+            # The history last: it is what readers take as "this epoch is done".
+            artifacts.write_history(state.history)
         if stop.is_set() and epoch < settings.total_epochs:
             _save_and_stop(training, state, f"the end of epoch {epoch}", saved=True)
     return state
