@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +184,61 @@ def rclone_server(tmp_path: Path):  # noqa: ANN201 - a server of its own, to sto
     server = S3Server("rclone", tmp_path / "s3").start()
     yield server
     server.stop()
+
+
+@dataclass
+class RunStore:
+    """Where a test's runs are kept (a local folder or an S3 bucket on loopback), what a user
+    sets to use it, and how the test reads and damages its objects (keys under ARTIFACT_URI)."""
+
+    kind: str
+    env: dict[str, str]
+    read: Callable[[str], bytes]  # KeyError when there is no such object
+    write: Callable[[str, bytes], None]
+    delete: Callable[[str], None]
+    keys: Callable[[str], dict[str, str]]  # key under a prefix -> a version tag that changes
+
+
+@pytest.fixture(params=["local", "s3"])
+def run_store(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:
+    if request.param == "local":
+        root = tmp_path / "runs"
+
+        def read(key: str) -> bytes:
+            try:
+                return (root / key).read_bytes()
+            except FileNotFoundError:
+                raise KeyError(key) from None
+
+        def write(key: str, data: bytes) -> None:
+            (root / key).write_bytes(data)
+
+        def keys(prefix: str) -> dict[str, str]:
+            return {str(p.relative_to(root)): str(p.stat().st_mtime_ns)
+                    for p in (root / prefix).rglob("*") if p.is_file()}
+
+        return RunStore("local", {"ARTIFACT_URI": str(root)}, read, write,
+                        lambda key: (root / key).unlink(), keys)
+    server = S3Server("rclone", tmp_path / "s3").start()
+    request.addfinalizer(server.stop)
+    bucket, client = server.new_bucket(), server.client()
+
+    def read_object(key: str) -> bytes:
+        try:
+            return client.get_object(Bucket=bucket, Key=f"runs/{key}")["Body"].read()
+        except client.exceptions.NoSuchKey:
+            raise KeyError(key) from None
+
+    def list_objects(prefix: str) -> dict[str, str]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                 Prefix=f"runs/{prefix}")
+        return {o["Key"][len("runs/"):]: f"{o['ETag']} {o['LastModified']}"
+                for page in pages for o in page.get("Contents", [])}
+
+    return RunStore(
+        "s3", {**server.env(), "ARTIFACT_URI": f"s3://{bucket}/runs"}, read_object,
+        lambda key, data: client.put_object(Bucket=bucket, Key=f"runs/{key}", Body=data),
+        lambda key: client.delete_object(Bucket=bucket, Key=f"runs/{key}"), list_objects)
 
 
 def write_tfrecords(folder: Path, images: list[np.ndarray], labels: list[int]) -> Path:

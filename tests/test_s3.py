@@ -156,6 +156,18 @@ def test_a_run_into_s3_then_fetch_and_predict(s3_server: S3Server, tiny_npz: Pat
     assert S3_SECRET not in everything
     assert not any(S3_SECRET.encode() in data for data in objects.values())
 
+    # The Job started again (a retried pod) finds the run finished: nothing trained or rewritten.
+    before = _versions(s3_server, bucket, "runs/")
+    again = run_entrypoint({**env, "WORK_DIR": str(tmp_path / "work-again")}, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "already finished" in again.stdout and '"epoch"' not in again.stdout
+    assert _versions(s3_server, bucket, "runs/") == before
+
+
+def _versions(server: S3Server, bucket: str, prefix: str) -> dict[str, tuple]:
+    listing = server.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listing}
+
 
 @pytest.mark.parametrize("fault", ["wrong-secret", "missing-bucket", "unreachable"])
 def test_storage_faults_fail_fast_with_their_exit_code(

@@ -15,7 +15,7 @@ import pytest
 from conftest import (
     REPO,
     TINY_JOB,
-    S3Server,
+    RunStore,
     clean_environ,
     json_lines,
     run_entrypoint,
@@ -26,22 +26,6 @@ RESUMABLE = {**TINY_JOB, "EPOCHS": "4", "BATCH_SIZE": "4", "VALIDATION_SPLIT": "
              "LEARNING_RATE": "1e-4", "RUN_ID": "resumable"}
 
 
-@pytest.fixture(params=["local", "s3"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> dict:
-    """Where the run is stored, and how to read its files back."""
-    if request.param == "local":
-        root = tmp_path / "runs"
-        return {"env": {"ARTIFACT_URI": str(root)},
-                "read": lambda name: (root / "resumable" / name).read_bytes()}
-    server = S3Server("rclone", tmp_path / "s3").start()
-    request.addfinalizer(server.stop)
-    bucket = server.new_bucket()
-    client = server.client()
-    return {"env": {**server.env(), "ARTIFACT_URI": f"s3://{bucket}/runs"},
-            "read": lambda name: client.get_object(
-                Bucket=bucket, Key=f"runs/resumable/{name}")["Body"].read()}
-
-
 def _start(env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
     process = subprocess.Popen([sys.executable, "entrypoint.py"], env=env, cwd=REPO, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -50,41 +34,43 @@ def _start(env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
     return process, lines
 
 
-def _completed_epochs(where: dict) -> int:
+def _completed_epochs(store: RunStore) -> int:
     try:
-        pointer = json.loads(where["read"]("state/LATEST.json"))
-    except Exception:  # noqa: BLE001 - no state yet
+        pointer = json.loads(store.read("resumable/state/LATEST.json"))
+    except (KeyError, ValueError):  # no state yet, or read while being replaced
         return 0
     return pointer["states"][0]["epoch"]
 
 
-def _history_epochs(where: dict) -> int:
+def _history_epochs(store: RunStore, run_id: str = "resumable") -> int:
     try:
-        return len(json.loads(where["read"]("history.json")))
-    except Exception:  # noqa: BLE001 - not written yet
+        return len(json.loads(store.read(f"{run_id}/history.json")))
+    except (KeyError, ValueError):  # not written yet
         return 0
 
 
-def _check_finished_run(where: dict, env: dict[str, str], tiny_npz: Path) -> None:
+def _check_finished_run(store: RunStore, env: dict[str, str], tiny_npz: Path,
+                        epochs: int = 4, run_id: str = "resumable") -> None:
     import hashlib
 
-    manifest = json.loads(where["read"]("manifest.json"))
-    history = json.loads(where["read"]("history.json"))
-    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    read = lambda name: store.read(f"{run_id}/{name}")  # noqa: E731
+    manifest = json.loads(read("manifest.json"))
+    history = json.loads(read("history.json"))
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
     best = max(history, key=lambda row: row["val_accuracy"])  # first of the maxima
-    assert (manifest["best_epoch"], manifest["epochs_done"]) == (best["epoch"], 4)
+    assert (manifest["best_epoch"], manifest["epochs_done"]) == (best["epoch"], epochs)
     for name, entry in manifest["artifacts"].items():
-        assert hashlib.sha256(where["read"](name)).hexdigest() == entry["sha256"], name
+        assert hashlib.sha256(read(name)).hexdigest() == entry["sha256"], name
     model = Path(env["WORK_DIR"]) / "check.h5"
     model.parent.mkdir(parents=True, exist_ok=True)
-    model.write_bytes(where["read"]("best.h5"))
+    model.write_bytes(read("best.h5"))
     assert score_model(model, tiny_npz, env)["accuracy"] == pytest.approx(
         best["val_accuracy"], abs=1e-6)
 
 
-def test_sigkill_at_random_points_then_restart(where: dict, tiny_npz: Path,
+def test_sigkill_at_random_points_then_restart(run_store: RunStore, tiny_npz: Path,
                                                tmp_path: Path) -> None:
-    env = clean_environ(RESUMABLE, where["env"], DATASET=str(tiny_npz),
+    env = clean_environ(RESUMABLE, run_store.env, DATASET=str(tiny_npz),
                         WORK_DIR=str(tmp_path / "work"))
     chance = random.Random()
     for trial in range(2):
@@ -92,7 +78,7 @@ def test_sigkill_at_random_points_then_restart(where: dict, tiny_npz: Path,
         time.sleep(chance.uniform(8, 22))
         process.kill()
         process.wait(timeout=30)
-        done = _completed_epochs(where)
+        done = _completed_epochs(run_store)
         if done == 4:
             break
         result = run_entrypoint(env) if trial == 1 else None
@@ -104,16 +90,16 @@ def test_sigkill_at_random_points_then_restart(where: dict, tiny_npz: Path,
         assert (resumed[0]["resume_epoch"] if resumed else 1) == done + 1
         trained = [r["epoch"] for r in logged if r["message"].startswith("epoch ") and "loss" in r]
         assert trained == list(range(done + 1, 5))
-    _check_finished_run(where, env, tiny_npz)
+    _check_finished_run(run_store, env, tiny_npz)
 
 
-def test_sigterm_mid_epoch_saves_and_exits_143(where: dict, tiny_npz: Path,
+def test_sigterm_mid_epoch_saves_and_exits_143(run_store: RunStore, tiny_npz: Path,
                                                tmp_path: Path) -> None:
-    env = clean_environ(RESUMABLE, where["env"], DATASET=str(tiny_npz), BATCH_SIZE="2",
+    env = clean_environ(RESUMABLE, run_store.env, DATASET=str(tiny_npz), BATCH_SIZE="2",
                         STEPS_PER_CALL="1", WORK_DIR=str(tmp_path / "work"))
     process, lines = _start(env)
     deadline = time.monotonic() + 300
-    while not _history_epochs(where):  # written once epoch 1 is saved: epoch 2 has begun
+    while not _history_epochs(run_store):  # written once epoch 1 is saved: epoch 2 has begun
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.1)
     time.sleep(0.5)
@@ -122,32 +108,36 @@ def test_sigterm_mid_epoch_saves_and_exits_143(where: dict, tiny_npz: Path,
     code = process.wait(timeout=60)
     assert code == 143 and time.monotonic() - sent < 30
     assert "stopped by SIGTERM at epoch 2, step" in process.stderr.read()
-    pointer = json.loads(where["read"]("state/LATEST.json"))["states"][0]
+    pointer = json.loads(run_store.read("resumable/state/LATEST.json"))["states"][0]
     assert (pointer["epoch"], pointer["step"] > 0) == (1, True)
 
     result = run_entrypoint(env)
     assert result.returncode == 0, result.stderr
     resumed = next(r for r in json_lines(result.stdout) if r["message"].startswith("resuming"))
     assert (resumed["resume_epoch"], resumed["resume_step"]) == (2, pointer["step"])
-    _check_finished_run(where, env, tiny_npz)
+    _check_finished_run(run_store, env, tiny_npz)
 
 
-def test_a_damaged_newest_state_falls_back_to_the_one_before(tiny_npz: Path,
+def test_a_damaged_newest_state_falls_back_to_the_one_before(run_store: RunStore,
+                                                             tiny_npz: Path,
                                                              tmp_path: Path) -> None:
-    root = tmp_path / "runs"
-    env = clean_environ(RESUMABLE, DATASET=str(tiny_npz), ARTIFACT_URI=str(root), EPOCHS="3",
+    env = clean_environ(RESUMABLE, run_store.env, DATASET=str(tiny_npz), EPOCHS="3",
                         WORK_DIR=str(tmp_path / "work"))
     assert run_entrypoint(env).returncode == 0
-    (root / "resumable" / "manifest.json").unlink()  # as if killed before the end
-    newest = json.loads((root / "resumable" / "state" / "LATEST.json").read_text())["states"][0]
+    run_store.delete("resumable/manifest.json")  # as if killed before the end
+    newest = json.loads(run_store.read("resumable/state/LATEST.json"))["states"][0]
     assert newest["epoch"] == 3
-    data = next(root / "resumable" / f for f in newest["files"] if ".data-" in f)
-    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    result = run_entrypoint(env)
+    data = next(f"resumable/{f}" for f in newest["files"] if ".data-" in f)
+    content = run_store.read(data)
+    run_store.write(data, content[: len(content) // 2])
+    # A new pod: nothing local but what the store holds.
+    restarted = {**env, "WORK_DIR": str(tmp_path / "work-after")}
+    result = run_entrypoint(restarted)
     assert result.returncode == 0, result.stderr
     logged = json_lines(result.stdout)
     assert any("resume state 00003-0000000 is unusable" in r["message"] for r in logged)
     resumed = next(r for r in logged if r["message"].startswith("resuming after"))
     assert resumed["resume_epoch"] == 3
-    history = json.loads((root / "resumable" / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [1, 2, 3]
+    trained = [r["epoch"] for r in logged if r["message"].startswith("epoch ") and "loss" in r]
+    assert trained == [3]
+    _check_finished_run(run_store, restarted, tiny_npz, epochs=3)

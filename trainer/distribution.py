@@ -88,10 +88,11 @@ def resolve_cluster(environ: Mapping[str, str]) -> tuple[Cluster, dict[str, Any]
 
 
 def make_strategy(
-    cpu_replicas: int, environ: Mapping[str, str] | None = None
+    cpu_replicas: int, environ: Mapping[str, str] | None = None, peer_timeout: float = 600.0
 ) -> tuple[Any, Cluster]:
-    """MultiWorkerMirroredStrategy across nodes, MirroredStrategy over several local devices,
-    else the default strategy on the one device."""
+    """MultiWorkerMirroredStrategy across nodes (once every peer answers, within
+    `peer_timeout` seconds), MirroredStrategy over several local devices, else the default
+    strategy on the one device."""
     environ = os.environ if environ is None else environ
     cluster, config = resolve_cluster(environ)
     import tensorflow as tf
@@ -102,6 +103,9 @@ def make_strategy(
             cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas
         )
     if cluster.is_multi_worker:
+        from trainer.peers import wait_for_peers
+
+        wait_for_peers(cluster.workers, cluster.index, peer_timeout)
         os.environ["TF_CONFIG"] = json.dumps(config)
         return tf.distribute.MultiWorkerMirroredStrategy(), cluster
     gpus = tf.config.list_logical_devices("GPU")

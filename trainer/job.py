@@ -8,19 +8,22 @@ A run whose RUN_ID has resume state continues from it; a finished run exits at o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import platform
+import re
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainer.backbones import MIN_IMAGE_SIZE
-from trainer.errors import ConfigError, DataError, Terminated
+from trainer.errors import ConfigError, DataError, Terminated, TransientError
 from trainer.logs import get_logger
 from trainer.settings import Settings
 from trainer.storage import Store, open_store
@@ -44,6 +47,7 @@ class Training:
     preprocessor: Any
     metadata: dict[str, Any]
     artifacts: Any  # None on workers other than the chief
+    cluster: Any  # distribution.Cluster: this worker among the others
     scalars: Any  # TensorBoard event files; None on workers other than the chief
 
 
@@ -73,8 +77,32 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
                  else ""), extra={"run_id": settings.run_id, "resume_epoch": state.epoch + 1,
                                   "resume_step": state.step})
         _republish(training, state)
-    state = _train_epochs(training, state, stop)
+    with _peer_loss_is_transient(training.cluster):
+        state = _train_epochs(training, state, stop)
     _finish(training, state, store, stop)
+
+
+@contextlib.contextmanager
+def _peer_loss_is_transient(cluster: Any) -> Iterator[None]:
+    """A worker lost mid-run (its pod killed, its node gone) breaks the collectives of every
+    other: that is exit 75, retried, and the restarted workers resume from the saved state."""
+    if not cluster.is_multi_worker:
+        yield
+        return
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError) as error:
+        tasks = sorted({int(i) for i in re.findall(r"/job:worker/replica:0/task:(\d+)",
+                                                   str(error)) if int(i) != cluster.index})
+        lost = ", ".join(cluster.workers[i] for i in tasks if i < len(cluster.workers))
+        raise TransientError(
+            f"lost contact with worker(s) {lost or 'of this run'} during training "
+            f"({type(error).__name__}); run the Job's workers again with the same RUN_ID to "
+            "resume from the last saved state"
+        ) from error
 
 
 def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Training:
@@ -87,7 +115,7 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
 
     from trainer.distribution import make_strategy
 
-    strategy, cluster = make_strategy(settings.cpu_replicas, environ)
+    strategy, cluster = make_strategy(settings.cpu_replicas, environ, settings.peer_timeout)
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.batch_size * replicas
     image_size = settings.image_size or max(dataset.native_size, MIN_IMAGE_SIZE[settings.backbone])
@@ -155,7 +183,7 @@ def _prepare(settings: Settings, store: Store, environ: dict[str, str]) -> Train
 
         scalars = ScalarLog(artifacts)
     return Training(settings, loop, checkpoint, dataset, image_size, global_batch, steps,
-                    preprocessor, metadata, artifacts, scalars)
+                    preprocessor, metadata, artifacts, cluster, scalars)
 
 
 def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
@@ -172,6 +200,7 @@ def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
     evaluation_steps //= training.global_batch
     phase = None
     first_epoch = state.epoch + 1
+    stop_requested = _stop_requested(training, stop)
     for epoch in range(first_epoch, settings.total_epochs + 1):
         if stop_early(settings, state.epoch, state.best_epoch):
             log.info(f"stopping early: {settings.monitor} has not improved for "
@@ -191,7 +220,7 @@ def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
                                      augment=settings.augmentations)
         metrics = loop.train_epoch(training_fn, training.steps,
                                    _progress_logger(epoch, first=epoch == first_epoch),
-                                   stop.is_set, start_step=state.step,
+                                   stop_requested, start_step=state.step,
                                    partial=tuple(state.partial))
         if not metrics.completed:
             state.step, state.partial = metrics.steps_done, list(metrics.totals)
@@ -222,9 +251,17 @@ def _train_epochs(training: Training, state: Any, stop: threading.Event) -> Any:
             training.scalars.write(row)
             # The history last: it is what readers take as "this epoch is done".
             artifacts.write_history(state.history)
-        if stop.is_set() and epoch < settings.total_epochs:
+        if epoch < settings.total_epochs and stop_requested():
             _save_and_stop(training, state, f"the end of epoch {epoch}", saved=True)
     return state
+
+
+def _stop_requested(training: Training, stop: threading.Event) -> Any:
+    """Whether to stop now. Across workers it is asked of all of them at once, so that they
+    stop after the same step, also when only one pod (its node preempted) got SIGTERM."""
+    if not training.cluster.is_multi_worker:
+        return stop.is_set
+    return lambda: training.loop.any_worker(stop.is_set())
 
 
 def _save_samples(artifacts: Any, dataset: Any, count: int = 32) -> None:
@@ -296,7 +333,9 @@ def _save_and_stop(training: Training, state: Any, where: str, saved: bool = Fal
             save_state(training.artifacts, training.checkpoint, state)
         training.artifacts.finish_uploads(min(training.settings.upload_timeout,
                                               TERMINATION_UPLOAD_SECONDS))
-    raise Terminated(f"stopped by SIGTERM at {where} after saving its state; run again with "
+    by = " (sent to this or another worker)" if training.cluster.is_multi_worker else ""
+    outcome = "after saving its state" if training.artifacts else "while the chief saves it"
+    raise Terminated(f"stopped by SIGTERM{by} at {where}, {outcome}; run again with "
                      f"RUN_ID={training.settings.run_id} to resume")
 
 

@@ -53,6 +53,7 @@ class Loop:
         self.steps_per_call = max(1, steps_per_call)
         self.label_smoothing = label_smoothing
         self.xla = xla
+        self._sum_flags = tf.function(self._flags_sum)
         self.retrace()
 
     def retrace(self) -> None:
@@ -143,6 +144,15 @@ class Loop:
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
         loss_sum, correct, count = (float(v) for v in self._evaluate(iterator, tf.constant(steps)))
         return loss_sum / max(count, 1.0), correct / max(count, 1.0)
+
+    def any_worker(self, flag: bool) -> bool:
+        """Whether `flag` is set on any worker. Every worker calls this at the same point, so
+        all of them decide alike, e.g. to stop after the same step when one is told to."""
+        return float(self._sum_flags(tf.constant(float(flag)))) > 0
+
+    def _flags_sum(self, flag: tf.Tensor) -> tf.Tensor:
+        per_replica = self.strategy.run(tf.identity, args=(flag,))
+        return self.strategy.reduce(SUM, per_replica, axis=None)
 
     @property
     def learning_rate(self) -> float:

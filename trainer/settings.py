@@ -59,6 +59,7 @@ class Settings:
     augment: str = "auto"
     precision: str = "auto"
     xla: str = "auto"
+    peer_timeout: float = 600.0
 
     @property
     def monitor_mode(self) -> str:
@@ -284,6 +285,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("xla", "XLA", "auto, on or off: XLA-compile each replica's forward and backward "
            "pass; auto is on with one GPU per worker, off otherwise.",
            _choice("auto", "on", "off")),
+    Option("peer_timeout", "PEER_TIMEOUT", "Multi-worker runs: seconds to wait at start for "
+           "every peer worker to answer before exiting 75 naming the missing ones.",
+           _number(0.0, None, low_inclusive=False)),
 )
 
 
