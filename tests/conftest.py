@@ -241,6 +241,34 @@ def run_store(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:
         lambda key: client.delete_object(Bucket=bucket, Key=f"runs/{key}"), list_objects)
 
 
+def history_epochs(store: RunStore, run_id: str) -> int:
+    try:
+        return len(json.loads(store.read(f"{run_id}/history.json")))
+    except (KeyError, ValueError):  # not written yet
+        return 0
+
+
+def check_finished_run(store: RunStore, run_id: str, env: dict[str, str], tiny_npz: Path,
+                       epochs: int) -> None:
+    """The run finished with every epoch once, its manifest matches the store, and best.h5 is
+    the best epoch's model."""
+    import hashlib
+
+    read = lambda name: store.read(f"{run_id}/{name}")  # noqa: E731
+    manifest = json.loads(read("manifest.json"))
+    history = json.loads(read("history.json"))
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    best = max(history, key=lambda row: row["val_accuracy"])  # first of the maxima
+    assert (manifest["best_epoch"], manifest["epochs_done"]) == (best["epoch"], epochs)
+    for name, entry in manifest["artifacts"].items():
+        assert hashlib.sha256(read(name)).hexdigest() == entry["sha256"], name
+    model = Path(env["WORK_DIR"]) / "check.h5"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(read("best.h5"))
+    assert score_model(model, tiny_npz, env)["accuracy"] == pytest.approx(
+        best["val_accuracy"], abs=1e-6)
+
+
 def write_tfrecords(folder: Path, images: list[np.ndarray], labels: list[int]) -> Path:
     """TFRecord files with `image` (PNG bytes) and `label` (int64), split over two files."""
     import io

@@ -11,15 +11,15 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from conftest import (
     REPO,
     TINY_JOB,
     RunStore,
+    check_finished_run,
     clean_environ,
+    history_epochs,
     json_lines,
     run_entrypoint,
-    score_model,
 )
 
 RESUMABLE = {**TINY_JOB, "EPOCHS": "4", "BATCH_SIZE": "4", "VALIDATION_SPLIT": "0.25",
@@ -40,32 +40,6 @@ def _completed_epochs(store: RunStore) -> int:
     except (KeyError, ValueError):  # no state yet, or read while being replaced
         return 0
     return pointer["states"][0]["epoch"]
-
-
-def _history_epochs(store: RunStore, run_id: str = "resumable") -> int:
-    try:
-        return len(json.loads(store.read(f"{run_id}/history.json")))
-    except (KeyError, ValueError):  # not written yet
-        return 0
-
-
-def _check_finished_run(store: RunStore, env: dict[str, str], tiny_npz: Path,
-                        epochs: int = 4, run_id: str = "resumable") -> None:
-    import hashlib
-
-    read = lambda name: store.read(f"{run_id}/{name}")  # noqa: E731
-    manifest = json.loads(read("manifest.json"))
-    history = json.loads(read("history.json"))
-    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
-    best = max(history, key=lambda row: row["val_accuracy"])  # first of the maxima
-    assert (manifest["best_epoch"], manifest["epochs_done"]) == (best["epoch"], epochs)
-    for name, entry in manifest["artifacts"].items():
-        assert hashlib.sha256(read(name)).hexdigest() == entry["sha256"], name
-    model = Path(env["WORK_DIR"]) / "check.h5"
-    model.parent.mkdir(parents=True, exist_ok=True)
-    model.write_bytes(read("best.h5"))
-    assert score_model(model, tiny_npz, env)["accuracy"] == pytest.approx(
-        best["val_accuracy"], abs=1e-6)
 
 
 def test_sigkill_at_random_points_then_restart(run_store: RunStore, tiny_npz: Path,
@@ -90,7 +64,7 @@ def test_sigkill_at_random_points_then_restart(run_store: RunStore, tiny_npz: Pa
         assert (resumed[0]["resume_epoch"] if resumed else 1) == done + 1
         trained = [r["epoch"] for r in logged if r["message"].startswith("epoch ") and "loss" in r]
         assert trained == list(range(done + 1, 5))
-    _check_finished_run(run_store, env, tiny_npz)
+    check_finished_run(run_store, "resumable", env, tiny_npz, epochs=4)
 
 
 def test_sigterm_mid_epoch_saves_and_exits_143(run_store: RunStore, tiny_npz: Path,
@@ -99,7 +73,8 @@ def test_sigterm_mid_epoch_saves_and_exits_143(run_store: RunStore, tiny_npz: Pa
                         STEPS_PER_CALL="1", WORK_DIR=str(tmp_path / "work"))
     process, lines = _start(env)
     deadline = time.monotonic() + 300
-    while not _history_epochs(run_store):  # written once epoch 1 is saved: epoch 2 has begun
+    # history.json is written once epoch 1 is saved: epoch 2 has begun
+    while not history_epochs(run_store, "resumable"):
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.1)
     time.sleep(0.5)
@@ -115,7 +90,7 @@ def test_sigterm_mid_epoch_saves_and_exits_143(run_store: RunStore, tiny_npz: Pa
     assert result.returncode == 0, result.stderr
     resumed = next(r for r in json_lines(result.stdout) if r["message"].startswith("resuming"))
     assert (resumed["resume_epoch"], resumed["resume_step"]) == (2, pointer["step"])
-    _check_finished_run(run_store, env, tiny_npz)
+    check_finished_run(run_store, "resumable", env, tiny_npz, epochs=4)
 
 
 def test_a_damaged_newest_state_falls_back_to_the_one_before(run_store: RunStore,
@@ -140,4 +115,4 @@ def test_a_damaged_newest_state_falls_back_to_the_one_before(run_store: RunStore
     assert resumed["resume_epoch"] == 3
     trained = [r["epoch"] for r in logged if r["message"].startswith("epoch ") and "loss" in r]
     assert trained == [3]
-    _check_finished_run(run_store, restarted, tiny_npz, epochs=3)
+    check_finished_run(run_store, "resumable", restarted, tiny_npz, epochs=3)
