@@ -69,6 +69,7 @@ BAD_VALUES = [
     ("FINE_TUNE_LEARNING_RATE", "0"), ("LR_SCHEDULE", "linear"), ("WARMUP_EPOCHS", "-2"),
     ("LABEL_SMOOTHING", "1"), ("LABEL_SMOOTHING", "-0.1"), ("EARLY_STOPPING_PATIENCE", "-1"),
     ("AUGMENT", "flip,rotate"), ("AUGMENT", ","), ("PRECISION", "float8"), ("XLA", "maybe"),
+    ("PEER_TIMEOUT", "0"), ("PEER_TIMEOUT", "soon"),
 ]
 
 
