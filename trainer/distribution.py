@@ -2,7 +2,8 @@
 
 Multi-worker runs read TF_CONFIG, or derive it on a Kubernetes Indexed Job from:
 JOB_COMPLETION_INDEX (set by Kubernetes), WORKER_COUNT, WORKER_SERVICE (the headless Service
-that is the pods' subdomain), JOB_NAME (default RUN_ID) and WORKER_PORT (default 2222).
+that is the pods' subdomain), JOB_NAME (default RUN_ID) and WORKER_PORT (default 2222). They
+start training once every peer has answered (trainer.peers), within PEER_TIMEOUT.
 """
 
 from __future__ import annotations
