@@ -156,22 +156,26 @@ def test_sigterm_to_one_worker_stops_both_after_the_same_step(run_store: RunStor
     check_finished_run(run_store, "preempted", env_of(0), tiny_npz, epochs=3)
 
 
-def test_a_worker_lost_mid_run_ends_the_other_with_exit_75(tiny_npz: Path,
+def test_a_worker_lost_mid_run_ends_the_other_with_exit_75(run_store: RunStore,
+                                                           tiny_npz: Path,
                                                            tmp_path: Path) -> None:
-    root = tmp_path / "runs"
     processes, workers = _start_workers(lambda index: clean_environ(
-        TINY_JOB, DATASET=str(tiny_npz), RUN_ID="lost", EPOCHS="3", BATCH_SIZE="2",
-        STEPS_PER_CALL="1", ARTIFACT_URI=str(root), WORK_DIR=str(tmp_path / f"work-{index}")))
+        TINY_JOB, run_store.env, DATASET=str(tiny_npz), RUN_ID="lost", EPOCHS="3",
+        BATCH_SIZE="2", STEPS_PER_CALL="1", WORK_DIR=str(tmp_path / f"work-{index}")))
+    # The chief's own copy of the state pointer: written before its upload starts.
+    local_root = tmp_path / ("runs" if run_store.kind == "local" else "work-0/runs")
+    pointer = local_root / "lost" / "state" / "LATEST.json"
     deadline = time.monotonic() + 300
-    while not (root / "lost" / "history.json").exists():
+    while not pointer.exists():
         assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
-        time.sleep(0.1)
-    processes[1].kill()  # its pod OOM-killed, or its node gone
+        time.sleep(0.02)
+    processes[1].kill()  # its pod OOM-killed, or its node gone, while the chief uploads
     assert processes[0].wait(timeout=120) == 75
     stderr = processes[0].stderr.read()
     assert f"lost contact with worker(s) {workers[1]} during training" in stderr
     assert "Traceback" not in stderr
-    assert json.loads((root / "lost" / "state" / "LATEST.json").read_text())["states"]
+    # Nothing saved is lost: the state the chief had saved is in the store for the restart.
+    assert run_store.read("lost/state/LATEST.json") == pointer.read_bytes()
 
 
 def test_a_worker_whose_peer_never_comes_up_exits_75_naming_it(tiny_npz: Path,

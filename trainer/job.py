@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.backbones import MIN_IMAGE_SIZE
-from trainer.errors import ConfigError, DataError, Terminated, TransientError
+from trainer.errors import ConfigError, DataError, Terminated, TrainerError, TransientError
 from trainer.logs import get_logger
 from trainer.settings import Settings
 from trainer.storage import Store, open_store
@@ -77,9 +77,26 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
                  else ""), extra={"run_id": settings.run_id, "resume_epoch": state.epoch + 1,
                                   "resume_step": state.step})
         _republish(training, state)
-    with _peer_loss_is_transient(training.cluster):
-        state = _train_epochs(training, state, stop)
+    try:
+        with _peer_loss_is_transient(training.cluster):
+            state = _train_epochs(training, state, stop)
+    except Terminated:
+        raise  # its state is uploaded already, within the grace period
+    except Exception:
+        _upload_what_was_saved(training, stop)
+        raise
     _finish(training, state, store, stop)
+
+
+def _upload_what_was_saved(training: Training, stop: threading.Event) -> None:
+    """Whatever ends training (a lost peer, a bug), the state saved before it may still be
+    uploading: let it finish, so that a restart resumes from it."""
+    if training.artifacts:
+        try:
+            training.artifacts.finish_uploads(training.settings.upload_timeout, stop,
+                                              TERMINATION_UPLOAD_SECONDS)
+        except TrainerError as error:
+            get_logger().warning(f"the saved state could not all be uploaded: {error}")
 
 
 @contextlib.contextmanager
