@@ -167,9 +167,18 @@ class S3Server:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on loopback now, distinct from each other (all held until all are known)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 @pytest.fixture(scope="session", params=["rclone", "moto"])

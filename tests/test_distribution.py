@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from conftest import (
     RunStore,
     check_finished_run,
     clean_environ,
+    free_ports,
     history_epochs,
     json_lines,
     run_entrypoint,
@@ -63,21 +63,11 @@ def test_bad_cluster_settings_are_config_errors(change: dict, message: str) -> N
         resolve_cluster({**INDEXED_JOB, **change})
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _start_workers(env_of: Callable[[int], dict[str, str]], count: int = 2
                    ) -> tuple[list[subprocess.Popen], list[str]]:
     """`count` entrypoints on loopback, worker i with TF_CONFIG and the environment env_of(i);
     the processes and the workers' addresses."""
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(count)]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(count)]
     processes = []
     for index in range(count):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -180,7 +170,7 @@ def test_a_worker_lost_mid_run_ends_the_other_with_exit_75(run_store: RunStore,
 
 def test_a_worker_whose_peer_never_comes_up_exits_75_naming_it(tiny_npz: Path,
                                                                tmp_path: Path) -> None:
-    own, missing = _free_ports(2)
+    own, missing = free_ports(2)
     tf_config = {"cluster": {"worker": [f"127.0.0.1:{own}", f"127.0.0.1:{missing}"]},
                  "task": {"type": "worker", "index": 0}}
     env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), RUN_ID="alone", PEER_TIMEOUT="2",

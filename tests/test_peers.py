@@ -7,23 +7,14 @@ import threading
 import time
 
 import pytest
+from conftest import free_ports
 
 from trainer.errors import TransientError
 from trainer.peers import wait_for_peers
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_workers_arriving_at_different_times_all_find_each_other() -> None:
-    ports = _free_ports(3)
+    ports = free_ports(3)
     workers = [f"127.0.0.1:{port}" for port in ports]
     outcomes: dict[int, object] = {}
     servers: list[socket.socket] = []
@@ -50,7 +41,7 @@ def test_workers_arriving_at_different_times_all_find_each_other() -> None:
 
 
 def test_peers_that_never_answer_are_named_after_the_timeout() -> None:
-    own, silent = _free_ports(2)
+    own, silent = free_ports(2)
     workers = [f"127.0.0.1:{own}", f"127.0.0.1:{silent}", "trainer-1.no-such-service.invalid:2222"]
     with pytest.raises(TransientError) as raised:
         wait_for_peers(workers, 0, timeout=1.5)
