@@ -33,6 +33,10 @@ class TransientError(TrainerError):
     exit_code = 75
 
 
+class UploadsUnfinished(TransientError):
+    """Storage stayed unreachable for UPLOAD_TIMEOUT: the files are kept locally."""
+
+
 class Terminated(TrainerError):
     """Stopped by SIGTERM after saving the state a restart resumes from."""
 

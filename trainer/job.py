@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from trainer.backbones import MIN_IMAGE_SIZE
-from trainer.errors import ConfigError, DataError, Terminated, TrainerError, TransientError
+from trainer.errors import (
+    ConfigError,
+    DataError,
+    StorageError,
+    Terminated,
+    TrainerError,
+    TransientError,
+    UploadsUnfinished,
+)
 from trainer.logs import get_logger
 from trainer.settings import Settings
 from trainer.storage import Store, open_store
@@ -80,17 +88,17 @@ def run_job(settings: Settings, environ: dict[str, str] | None = None) -> None:
     try:
         with _peer_loss_is_transient(training.cluster):
             state = _train_epochs(training, state, stop)
-    except Terminated:
-        raise  # its state is uploaded already, within the grace period
+        _finish(training, state, store, stop)
+    except (Terminated, StorageError, UploadsUnfinished):
+        raise  # the uploads ended the run, or had their time already
     except Exception:
         _upload_what_was_saved(training, stop)
         raise
-    _finish(training, state, store, stop)
 
 
 def _upload_what_was_saved(training: Training, stop: threading.Event) -> None:
-    """Whatever ends training (a lost peer, a bug), the state saved before it may still be
-    uploading: let it finish, so that a restart resumes from it."""
+    """Whatever else ends the run (a lost peer, a bug, in training or in the evaluation), the
+    state saved before it may still be uploading: let it finish, so a restart resumes from it."""
     if training.artifacts:
         try:
             training.artifacts.finish_uploads(training.settings.upload_timeout, stop,

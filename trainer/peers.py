@@ -27,7 +27,7 @@ def wait_for_peers(workers: Sequence[str], index: int, timeout: float) -> None:
     """Return once every worker but `index` accepts a TCP connection; TransientError (75)
     naming the ones that did not after `timeout` seconds."""
     peers = [worker for i, worker in enumerate(workers) if i != index]
-    port = _port(workers[index])
+    _, port = _host_and_port(workers[index])
     try:
         listener = _listen(port)
     except OSError as error:
@@ -73,9 +73,8 @@ def _reach(peers: list[str], timeout: float) -> None:
 
 
 def _unreachable_because(peer: str) -> str | None:
-    host, _, port = peer.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS):
+        with socket.create_connection(_host_and_port(peer), timeout=CONNECT_SECONDS):
             return None
     except socket.gaierror:
         return "name not resolved"
@@ -87,8 +86,10 @@ def _unreachable_because(peer: str) -> str | None:
         return type(error).__name__
 
 
-def _port(address: str) -> int:
-    return int(address.rpartition(":")[2])
+def _host_and_port(address: str) -> tuple[str, int]:
+    """("host", port) of "host:port" or "[v6 address]:port"."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _listen(port: int) -> socket.socket:

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from trainer.errors import Terminated, TransientError
+from trainer.errors import Terminated, TransientError, UploadsUnfinished
 from trainer.logs import get_logger
 from trainer.storage import Store
 
@@ -94,7 +94,7 @@ class Uploader:
 
     def flush(self, timeout: float, stop: threading.Event | None = None,
               stop_grace: float = 0.0) -> None:
-        """Return once every upload is done; TransientError (exit 75) naming the local copies
+        """Return once every upload is done; UploadsUnfinished (exit 75) naming the local copies
         if storage stays unreachable for `timeout` seconds. Once `stop` is set (SIGTERM), wait
         at most `stop_grace` seconds more, then raise Terminated (exit 143)."""
         deadline = time.monotonic() + timeout
@@ -117,7 +117,7 @@ class Uploader:
                 raise Terminated(f"stopped by SIGTERM with {len(left)} file(s) not yet in "
                                  f"{self.store.uri}, kept locally: {listing}; rerun with the "
                                  "same RUN_ID to resume")
-            raise TransientError(
+            raise UploadsUnfinished(
                 f"storage {self.store.uri} stayed unreachable for UPLOAD_TIMEOUT={timeout:g} s "
                 f"after training; {len(left)} file(s) kept locally: {listing}; rerun with the same "
                 "RUN_ID once storage is back"
