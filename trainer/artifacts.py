@@ -7,31 +7,49 @@ and sha256, so a reader knows the run finished and can verify what it fetched.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from trainer.storage import Store, make_readable, write_atomic
+import h5py
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
-                   "seconds", "images_per_second")
+from trainer.files import make_readable, sha256_of, write_atomic
+from trainer.storage import Store
+
+if TYPE_CHECKING:
+    import keras
+
+    from trainer.uploader import Uploader
+
+
+class HistoryRow(TypedDict):
+    """One epoch of `history.json` and `history.csv`, in the contract's column order."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    learning_rate: float
+    seconds: float
+    images_per_second: float
+
+
+HISTORY_COLUMNS = tuple(HistoryRow.__annotations__)
 MODEL_METADATA_ATTRIBUTE = "trainer_metadata"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# The end-of-run evaluation of the best model (trainer.evaluation).
+EVALUATION_FILES = ("metrics.json", "confusion.png", "errors.png")
 
 
 class RunArtifacts:
-    def __init__(self, store: Store, run_id: str, local_dir: Path, publisher: Any = None) -> None:
+    """The chief's files of one run: `path` locally, `key` in the store, `publish` to send."""
+
+    def __init__(self, store: Store, run_id: str, local_dir: Path,
+                 publisher: Uploader | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.local_dir = local_dir
@@ -71,7 +89,8 @@ class RunArtifacts:
         if self._publisher is not None:
             self._publisher.raise_if_refused()
 
-    def finish_uploads(self, timeout: float, stop: Any = None, stop_grace: float = 0.0) -> None:
+    def finish_uploads(self, timeout: float, stop: threading.Event | None = None,
+                       stop_grace: float = 0.0) -> None:
         """Every published file in the store, or TransientError after `timeout` seconds
         (Terminated `stop_grace` seconds after `stop`, a threading.Event, is set)."""
         if self._publisher is not None:
@@ -81,7 +100,7 @@ class RunArtifacts:
         write_atomic(self.path(name), json.dumps(content, indent=2, sort_keys=True).encode())
         self.publish(name)
 
-    def write_history(self, rows: list[dict[str, Any]]) -> None:
+    def write_history(self, rows: tuple[HistoryRow, ...] | list[HistoryRow]) -> None:
         self.write_json("history.json", rows)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, extrasaction="ignore",
@@ -91,11 +110,9 @@ class RunArtifacts:
         write_atomic(self.path("history.csv"), text.getvalue().encode())
         self.publish("history.csv")
 
-    def save_model(self, model: Any, name: str, metadata: dict[str, Any]) -> None:
+    def save_model(self, model: keras.Model, name: str, metadata: dict[str, Any]) -> None:
         """The whole model without optimizer state, as HDF5, carrying `metadata` as an attribute
         so that a bare .h5 still knows its class names and preprocessing."""
-        import h5py
-
         handle, temporary = tempfile.mkstemp(dir=self.local_dir, prefix=f".{name}.", suffix=".h5")
         os.close(handle)
         make_readable(temporary)
@@ -119,8 +136,6 @@ class RunArtifacts:
 
 def read_model_metadata(path: Path) -> dict[str, Any]:
     """The metadata `save_model` stored in an .h5 file; {} for a model saved elsewhere."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         raw = f.attrs.get(MODEL_METADATA_ATTRIBUTE)
     return json.loads(raw) if raw else {}

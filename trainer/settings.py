@@ -172,7 +172,7 @@ def _backbone(variable: str, text: str) -> str:
     name = canonical_name(text)
     if name is None:
         raise _fail(variable, text, "name a keras.applications model, e.g. ResNet50, MobileNetV2, "
-                    "EfficientNetB0 (see `trainer backbones`)")
+                    "EfficientNetB0 (any model in keras.applications, any case)")
     return name
 
 
@@ -196,6 +196,11 @@ def _artifact_uri(variable: str, text: str) -> str:
             raise _fail(variable, text, "the bucket name after s3:// must be 3-63 characters of "
                         "a-z, 0-9, '.' and '-'")
     return value
+
+
+def check_run_id(text: str, variable: str = "RUN_ID") -> str:
+    """A run id as given to a command, checked like RUN_ID."""
+    return _run_id(variable, text)
 
 
 def _run_id(variable: str, text: str) -> str:

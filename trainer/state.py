@@ -8,33 +8,83 @@ pointer on the previous state; a state whose files do not match falls back to th
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from trainer.artifacts import RunArtifacts, sha256_of
+from trainer.artifacts import HistoryRow, RunArtifacts
+from trainer.files import sha256_of, write_atomic
 from trainer.logs import get_logger
-from trainer.storage import Store, write_atomic
+from trainer.storage import Store
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 POINTER = "state/LATEST.json"
 KEEP_STATES = 2
 
 
-@dataclass
+class Totals(NamedTuple):
+    """Sums over the steps of an epoch so far: what its loss and accuracy are computed from,
+    and what a run stopped mid-epoch keeps in its state."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    images: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.images, 1.0)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.images, 1.0)
+
+
+@dataclass(frozen=True)
 class LoopState:
     """Where the loop stands: `epoch` epochs done, plus `step` steps of the next one."""
 
     epoch: int = 0
     step: int = 0
-    partial: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    partial: Totals = Totals()
     best_value: float | None = None
     best_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: tuple[HistoryRow, ...] = field(default_factory=tuple)
 
     @property
     def name(self) -> str:
         return f"{self.epoch:05d}-{self.step:07d}"
+
+    def mid_epoch(self, step: int, totals: Totals) -> LoopState:
+        """Stopped after `step` steps of the next epoch, with their sums."""
+        return dataclasses.replace(self, step=step, partial=totals)
+
+    def after_epoch(self, row: HistoryRow, monitor: str, mode: str) -> tuple[LoopState, bool]:
+        """The state once `row`'s epoch is done, and whether its `monitor` value is the best
+        so far (`mode` max or min). A value that is not finite is never the best."""
+        value = float(row[monitor])  # type: ignore[literal-required]
+        best = self.best_value
+        improved = math.isfinite(value) and (
+            best is None or (value > best if mode == "max" else value < best))
+        state = LoopState(epoch=row["epoch"],
+                          best_value=value if improved else self.best_value,
+                          best_epoch=row["epoch"] if improved else self.best_epoch,
+                          history=(*self.history, row))
+        return state, improved
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> LoopState:
+        loaded = json.loads(raw)
+        return cls(**{**loaded, "partial": Totals(*loaded["partial"]),
+                      "history": tuple(loaded["history"])})
 
 
 def _files(name: str) -> list[str]:
@@ -42,11 +92,12 @@ def _files(name: str) -> list[str]:
             f"state/loop-{name}.json"]
 
 
-def save_state(artifacts: RunArtifacts, checkpoint: Any, state: LoopState) -> None:
+def save_state(artifacts: RunArtifacts, checkpoint: tf.train.Checkpoint,
+               state: LoopState) -> None:
     """Write the new state's files, then point at them; drop states no longer pointed at."""
     name = state.name
     checkpoint.write(str(artifacts.path(f"state/ckpt-{name}")))
-    write_atomic(artifacts.path(f"state/loop-{name}.json"), json.dumps(asdict(state)).encode())
+    write_atomic(artifacts.path(f"state/loop-{name}.json"), state.to_json())
     entry = {"name": name, "epoch": state.epoch, "step": state.step,
              "files": {f: sha256_of(artifacts.path(f)) for f in _files(name)}}
     for file in _files(name):
@@ -79,7 +130,8 @@ def _read_pointer(store: Store, run_id: str) -> list[dict[str, Any]]:
         return []
 
 
-def restore_state(store: Store, run_id: str, local_dir: Path, checkpoint: Any) -> LoopState | None:
+def restore_state(store: Store, run_id: str, local_dir: Path,
+                  checkpoint: tf.train.Checkpoint) -> LoopState | None:
     """The newest state whose files are all intact, restored into `checkpoint`; None if none."""
     log = get_logger()
     states = _read_pointer(store, run_id)
@@ -90,14 +142,15 @@ def restore_state(store: Store, run_id: str, local_dir: Path, checkpoint: Any) -
             if store.local_run_dir(run_id) is None:
                 write_atomic(pointer, json.dumps({"states": states[position:]}).encode())
             checkpoint.read(str(local_dir / f"state/ckpt-{entry['name']}")).expect_partial()
-            loaded = json.loads((local_dir / f"state/loop-{entry['name']}.json").read_text())
-            return LoopState(**loaded)
+            return LoopState.from_json((local_dir / f"state/loop-{entry['name']}.json")
+                                       .read_bytes())
         log.warning(f"resume state {entry['name']} is unusable ({problem}); falling back to "
                     "the previous state", extra={"run_id": run_id})
     return None
 
 
-def _fetch_verified(store: Store, run_id: str, local_dir: Path, entry: dict) -> str | None:
+def _fetch_verified(store: Store, run_id: str, local_dir: Path,
+                    entry: dict[str, Any]) -> str | None:
     """Bring a state's files next to the run (a no-op for a local store), checking sha256."""
     for file, digest in entry["files"].items():
         target = local_dir / file
