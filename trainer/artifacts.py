@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 import threading
@@ -63,18 +64,31 @@ class RunArtifacts:
     def key(self, name: str) -> str:
         return f"{self.run_id}/{name}"
 
-    def publish(self, name: str) -> None:
-        """Hand a finished local file to the store (in the background where the store is remote)."""
+    def publish(self, name: str, grows_in_place: bool = False) -> None:
+        """Hand a finished local file to the store (in the background where the store is
+        remote). `grows_in_place` for files appended to rather than replaced (event files)."""
         self.published.add(name)
         if self._publisher is not None:
-            self._publisher.submit(self.key(name), self.path(name))
+            self._publisher.submit(self.key(name), self.path(name), copy=grows_in_place)
         else:
             self.store.put_file(self.key(name), self.path(name))
 
-    def adopt(self, name: str) -> None:
-        """Count a file an earlier attempt of this run published (fetched back if remote)."""
-        if self.path(name).is_file() or self.store.get_file(self.key(name), self.path(name)):
-            self.published.add(name)
+    def adopt(self, name: str, sha256: str | None) -> bool:
+        """Count a file an earlier attempt of this run published (fetched back if remote), if
+        its content is the one recorded (any, for a state saved before digests were kept);
+        False, and nothing kept, if it is not."""
+        path = self.path(name)
+
+        def matches() -> bool:
+            return path.is_file() and (sha256 is None or sha256_of(path) == sha256)
+
+        if not matches():
+            path.unlink(missing_ok=True)
+            if not self.store.get_file(self.key(name), path) or not matches():
+                path.unlink(missing_ok=True)
+                return False
+        self.published.add(name)
+        return True
 
     def remove(self, name: str) -> None:
         """Delete a file here and in the store (after whatever was published before it)."""
@@ -97,7 +111,9 @@ class RunArtifacts:
             self._publisher.flush(timeout, stop, stop_grace)
 
     def write_json(self, name: str, content: Any) -> None:
-        write_atomic(self.path(name), json.dumps(content, indent=2, sort_keys=True).encode())
+        """Valid JSON whatever the numbers: NaN and infinities (a diverged loss) as null."""
+        text = json.dumps(_finite(content), indent=2, sort_keys=True, allow_nan=False)
+        write_atomic(self.path(name), text.encode())
         self.publish(name)
 
     def write_history(self, rows: tuple[HistoryRow, ...] | list[HistoryRow]) -> None:
@@ -132,6 +148,16 @@ class RunArtifacts:
             for name in sorted(self.published) if self.path(name).is_file()
         }
         return {**fields, "run_id": self.run_id, "artifacts": files}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def read_model_metadata(path: Path) -> dict[str, Any]:

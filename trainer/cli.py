@@ -27,7 +27,7 @@ from trainer.errors import INTERNAL_ERROR, TrainerError
 from trainer.job import run_job
 from trainer.logs import setup_logging
 from trainer.runs import fetch_run, list_runs, rebuild_report
-from trainer.settings import OPTIONS, check_run_id, load_settings
+from trainer.settings import OPTIONS, check_run_id, default_of, load_settings
 from trainer.storage import Store, open_store
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -38,7 +38,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _settings_options(command: F) -> F:
     """One flag per setting, e.g. --batch-size for BATCH_SIZE, resolved by load_settings."""
     for option in reversed(OPTIONS):
-        shown = "none" if option.default in (None, "") else option.default
+        default = default_of(option)
+        shown = "none" if default in (None, "") else default
         if option.field == "run_id":
             shown = "generated"
         command = click.option(
@@ -52,7 +53,7 @@ def _setting(field: str, default: Any = None, help: str | None = None) -> Callab
     """A command's option for one setting: the same flag, variable and validation as in
     `trainer train`, and the same default unless `default` is given."""
     option = OPTIONS_BY_FIELD[field]
-    fallback = option.default if default is None else default
+    fallback = default_of(option) if default is None else default
 
     def parse(context: click.Context, parameter: click.Parameter, text: str | None) -> Any:
         return fallback if text in (None, "") else option.parse(option.variable, text)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from trainer.errors import DataError
+from trainer.errors import DataError, TransientError, is_network_outage
 from trainer.logs import get_logger
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -132,6 +132,10 @@ def _fetch(name: str, archive: Archive, mirror: str | None, cache_dir: str | Non
                         cache_subdir=os.path.join("datasets", name))
     except Exception as error:  # noqa: BLE001 - get_file raises bare Exception on fetch failures
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        if is_network_outage(error):
+            raise TransientError(
+                f"DATASET={name}: could not fetch {base + archive.file_name} ({reason}); the "
+                "network or the server is down: retry later, or set DATASET_MIRROR") from error
         raise DataError(
             f"DATASET={name}: could not fetch {archive.file_name} from {base} ({reason}); "
             "set DATASET_MIRROR to a URL or folder holding the archive, or use a local dataset path"

@@ -6,6 +6,7 @@ N nodes alike (Keras' `model.fit` fails under the multi-worker strategy, see GUI
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 class EpochMetrics:
     totals: Totals
     steps_done: int
-    completed: bool  # False when a stop was requested before the last step
+    completed: bool  # False when a stop was requested before the last step, or diverged
+    diverged: bool = False  # the loss became NaN or infinite: the epoch stopped there
 
 
 class Loop:
@@ -118,14 +120,19 @@ class Loop:
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
         sums = list(partial[:3])
         done = start_step
+        diverged = False
         while done < steps and not stop_requested():
             chunk = min(self.steps_per_call, steps - done)
             results = self._train(iterator, tf.constant(chunk))
             sums = [total + float(value) for total, value in zip(sums, results, strict=True)]
             done += chunk
+            if not math.isfinite(sums[0]):
+                diverged = True
+                break
             on_progress(done, steps)
-        totals = Totals(*sums, seconds=partial.seconds + time.perf_counter() - started)
-        return EpochMetrics(totals=totals, steps_done=done, completed=done == steps)
+        totals = Totals(sums[0], sums[1], sums[2], partial.seconds + time.perf_counter() - started)
+        return EpochMetrics(totals=totals, steps_done=done, completed=done == steps and
+                            not diverged, diverged=diverged)
 
     def evaluate(self, dataset_fn: DatasetFn, steps: int) -> tuple[float, float]:
         """Loss and accuracy over every example exactly once."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-from trainer.errors import ConfigError, DataError
+from trainer.errors import ConfigError, DataError, TransientError, is_network_outage
 
 
 def preprocess_function(backbone: str) -> Callable[[Any], Any]:
@@ -44,6 +44,11 @@ def build_classifier(backbone: str, pooling: str, image_size: int, num_classes: 
         raise ConfigError(f"BACKBONE={backbone} cannot be built with these settings: "
                           f"{str(error).splitlines()[0]}") from error
     except Exception as error:
+        if weights == "imagenet" and is_network_outage(error):
+            raise TransientError(
+                f"WEIGHTS=imagenet: could not download {backbone}'s ImageNet weights "
+                f"({str(error).splitlines()[0][:200]}); the network or the server is down: "
+                "retry later, or give WEIGHTS=<path or s3:// URI of the weights file>") from error
         if weights == "imagenet" and "fetch" in str(error).lower():
             raise DataError(
                 f"WEIGHTS=imagenet: could not download {backbone}'s ImageNet weights "

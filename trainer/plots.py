@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from trainer.artifacts import HistoryRow
 from trainer.files import write_atomic
 
 
@@ -26,14 +27,16 @@ def save_samples(images: list[np.ndarray], labels: list[str], path: Path, column
     _write(figure, path)
 
 
-def save_curves(history: list[dict[str, Any]], best_epoch: int, monitor: str, path: Path) -> None:
+def save_curves(history: Sequence[HistoryRow], best_epoch: int, monitor: str, path: Path) -> None:
     """Loss and accuracy, training and validation, against epoch; the best epoch marked."""
     epochs = [row["epoch"] for row in history]
     figure = Figure(figsize=(10, 4))
     axes = figure.subplots(1, 2)
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        axis.plot(epochs, [row[metric] for row in history], "o-", label=f"training {metric}")
-        axis.plot(epochs, [row[f"val_{metric}"] for row in history], "s-",
+        axis.plot(epochs, [row[metric] for row in history],  # type: ignore[literal-required]
+                  "o-", label=f"training {metric}")
+        axis.plot(epochs, [row[f"val_{metric}"] for row in history],  # type: ignore[literal-required]
+                  "s-",
                   label=f"validation {metric}")
         axis.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch ({monitor})")
         axis.set_xlabel("epoch")

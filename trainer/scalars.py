@@ -29,7 +29,7 @@ class ScalarLog:
             self.writers[split].flush()
         root = self.artifacts.local_dir
         for file in sorted(self.artifacts.path("tensorboard").rglob("events.out.tfevents.*")):
-            self.artifacts.publish(str(file.relative_to(root)))
+            self.artifacts.publish(str(file.relative_to(root)), grows_in_place=True)
 
     def close(self) -> None:
         for writer in self.writers.values():

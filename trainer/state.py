@@ -2,8 +2,15 @@
 
 Published by write-then-point: each save writes new files (a tf.train.Checkpoint of the model and
 optimizer, and a JSON of the loop's own state), then replaces the small pointer `state/LATEST.json`,
-which lists the newest states and the sha256 of each of their files. A crash mid-save leaves the
-pointer on the previous state; a state whose files do not match falls back to the one before.
+which lists the newest states, the sha256 of each of their files and the fingerprint of the
+settings that made them. A crash mid-save leaves the pointer on the previous state; a state whose
+files do not match falls back to the one before.
+
+The invariant, kept by construction: from the first stored state on, the store always holds a
+complete state that the stored pointer lists. A state's files are uploaded before the pointer
+that lists them (the uploader keeps submission order, and a pointer submitted again moves behind
+the files submitted before it), and they are deleted only once no upload is pending, that is
+after the newest pointer, which no longer lists them, is stored (trainer/uploader.py).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trainer.artifacts import HistoryRow, RunArtifacts
+from trainer.errors import ConfigError
 from trainer.files import sha256_of, write_atomic
 from trainer.logs import get_logger
 from trainer.storage import Store
@@ -55,6 +63,9 @@ class LoopState:
     best_value: float | None = None
     best_epoch: int = 0
     history: tuple[HistoryRow, ...] = field(default_factory=tuple)
+    # best.h5's sha256 as stored, when this state's own weights are not the best epoch's.
+    best_sha256: str | None = None
+    tracking_run_id: str | None = None  # the MLflow run that a restart goes on logging to
 
     @property
     def name(self) -> str:
@@ -71,11 +82,16 @@ class LoopState:
         best = self.best_value
         improved = math.isfinite(value) and (
             best is None or (value > best if mode == "max" else value < best))
-        state = LoopState(epoch=row["epoch"],
-                          best_value=value if improved else self.best_value,
-                          best_epoch=row["epoch"] if improved else self.best_epoch,
-                          history=(*self.history, row))
+        state = dataclasses.replace(self, epoch=row["epoch"], step=0, partial=Totals(),
+                                    best_value=value if improved else self.best_value,
+                                    best_epoch=row["epoch"] if improved else self.best_epoch,
+                                    history=(*self.history, row))
         return state, improved
+
+    @property
+    def holds_the_best_weights(self) -> bool:
+        """Whether this state's model is the best epoch's (then best.h5 is made from it)."""
+        return self.best_epoch == self.epoch and self.step == 0 and self.epoch > 0
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
@@ -92,13 +108,13 @@ def _files(name: str) -> list[str]:
             f"state/loop-{name}.json"]
 
 
-def save_state(artifacts: RunArtifacts, checkpoint: tf.train.Checkpoint,
-               state: LoopState) -> None:
+def save_state(artifacts: RunArtifacts, checkpoint: tf.train.Checkpoint, state: LoopState,
+               fingerprint: dict[str, Any]) -> None:
     """Write the new state's files, then point at them; drop states no longer pointed at."""
     name = state.name
     checkpoint.write(str(artifacts.path(f"state/ckpt-{name}")))
     write_atomic(artifacts.path(f"state/loop-{name}.json"), state.to_json())
-    entry = {"name": name, "epoch": state.epoch, "step": state.step,
+    entry = {"name": name, "epoch": state.epoch, "step": state.step, "fingerprint": fingerprint,
              "files": {f: sha256_of(artifacts.path(f)) for f in _files(name)}}
     for file in _files(name):
         artifacts.publish(file)
@@ -130,11 +146,15 @@ def _read_pointer(store: Store, run_id: str) -> list[dict[str, Any]]:
         return []
 
 
-def restore_state(store: Store, run_id: str, local_dir: Path,
-                  checkpoint: tf.train.Checkpoint) -> LoopState | None:
-    """The newest state whose files are all intact, restored into `checkpoint`; None if none."""
+def restore_state(store: Store, run_id: str, local_dir: Path, checkpoint: tf.train.Checkpoint,
+                  fingerprint: dict[str, Any]) -> LoopState | None:
+    """The newest state whose files are all intact, restored into `checkpoint`; None if none.
+    ConfigError (exit 2) if the states were made with other settings that fix the model or the
+    schedule: restoring them would fail, or silently mix two runs."""
     log = get_logger()
     states = _read_pointer(store, run_id)
+    if states:
+        check_fingerprint(run_id, states[0].get("fingerprint", {}), fingerprint)
     for position, entry in enumerate(states):
         problem = _fetch_verified(store, run_id, local_dir, entry)
         if problem is None:
@@ -164,3 +184,12 @@ def _fetch_verified(store: Store, run_id: str, local_dir: Path,
         if sha256_of(target) != digest:
             return f"{file} does not match its sha256"
     return None
+
+
+def check_fingerprint(run_id: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    differing = [f"{name} {saved[name]} -> {current[name]}" for name in current
+                 if name in saved and saved[name] != current[name]]
+    if differing:
+        raise ConfigError(
+            f"RUN_ID={run_id} has saved state made with other settings ({'; '.join(differing)}); "
+            "run with those settings to resume it, or give a new RUN_ID for a new run")

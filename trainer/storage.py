@@ -41,6 +41,7 @@ class Store(Protocol):
 
     def local_run_dir(self, run_id: str) -> Path | None:
         """The folder a run's files live in when this store is a local folder, else None."""
+        return None
 
 
 class LocalStore:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import platform
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +24,13 @@ import tensorflow as tf
 
 from trainer.artifacts import HistoryRow, RunArtifacts
 from trainer.backbones import MIN_IMAGE_SIZE
-from trainer.control import peer_loss_is_transient, stop_on_sigterm
+from trainer.control import (
+    StopRequest,
+    diverged,
+    out_of_memory_is_a_setting,
+    peer_loss_is_transient,
+    stop_on_sigterm,
+)
 from trainer.data import Dataset
 from trainer.distribution import Cluster, make_strategy, resolve_precision, resolve_xla
 from trainer.errors import ConfigError, StorageError, Terminated, UploadsUnfinished
@@ -64,7 +70,7 @@ class Run:
     preprocess: Callable[[tf.Tensor], tf.Tensor]
     steps: int  # per epoch
     outputs: Outputs
-    stop: threading.Event  # set by SIGTERM
+    stop: StopRequest  # set by SIGTERM
 
 
 def train(settings: Settings, store: Store, dataset: Dataset, weights: str | None,
@@ -73,7 +79,7 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     # 1. Devices, before anything else touches them (virtual CPUs, collectives).
     strategy, cluster = make_strategy(settings.cpu_replicas, environ, settings.peer_timeout)
     # 2. After the strategy: MultiWorkerMirroredStrategy installs a SIGTERM handler of its own.
-    stop = stop_on_sigterm()
+    stop = stop_on_sigterm(settings.termination_grace_seconds)
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.batch_size * replicas
     image_size = settings.image_size or max(dataset.native_size, MIN_IMAGE_SIZE[settings.backbone])
@@ -82,6 +88,11 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
         raise ConfigError(
             f"BATCH_SIZE={settings.batch_size} x {replicas} replica(s) is more than the "
             f"{len(dataset.train)} training images; lower BATCH_SIZE")
+    if settings.precision == "float16" and replicas > 1:
+        # Keras' LossScaleOptimizer checks each replica's gradients before the all-reduce and
+        # follows replica 0: an overflow elsewhere would be applied, and workers could diverge.
+        raise ConfigError(f"PRECISION=float16 is not supported with {replicas} replicas; use "
+                          "PRECISION=bfloat16 (or auto), or float32")
 
     # 3. Model and optimizer, their variables (and every optimizer slot any phase trains) made
     # in the strategy's scope: made lazily inside the distributed step they would be
@@ -119,7 +130,11 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     metadata = {"class_names": list(dataset.class_names), "image_size": image_size,
                 "backbone": settings.backbone,
                 "preprocessing": preprocessing_name(settings.backbone)}
-    outputs = _outputs(settings, store, cluster, metadata)
+    fingerprint = {"backbone": settings.backbone, "pooling": settings.pooling,
+                   "image_size": image_size, "classes": len(dataset.class_names),
+                   "global_batch": global_batch, "epochs": settings.epochs,
+                   "fine_tune_epochs": settings.fine_tune_epochs}
+    outputs = _outputs(settings, store, cluster, metadata, fingerprint)
     outputs.start(run_config(settings, {**metadata, **recipe}, replicas, cached, _versions()),
                   cached)
     run = Run(settings, cluster, loop, checkpoint, cached, image_size, preprocess, steps,
@@ -127,17 +142,18 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
 
     # 7. Resume from the newest intact saved state, if any.
     local_dir = store.local_run_dir(settings.run_id) or _work_run_dir(settings)
-    state = restore_state(store, settings.run_id, local_dir, checkpoint) or LoopState()
+    state = restore_state(store, settings.run_id, local_dir, checkpoint,
+                          fingerprint) or LoopState()
     if state.epoch or state.step:
         log.info(f"resuming after epoch {state.epoch}"
                  + (f", step {state.step}" if state.step else ""),
                  extra={"run_id": settings.run_id, "resume_epoch": state.epoch + 1,
                         "resume_step": state.step})
-        outputs.resumed(state, model)
+        state = outputs.resumed(state, model)
 
     try:
         # 8. Epochs, then 9. the finish: evaluation, report, manifest.
-        with peer_loss_is_transient(cluster):
+        with peer_loss_is_transient(cluster), out_of_memory_is_a_setting(settings, image_size):
             state = _epochs(run, state)
         where = outputs.finish(state, _evaluator(run), stop)
     except (Terminated, StorageError, UploadsUnfinished):
@@ -185,6 +201,8 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
         metrics = loop.train_epoch(training_fn, run.steps,
                                    _progress_logger(epoch, first=epoch == first_epoch),
                                    stop_requested, start_step=state.step, partial=state.partial)
+        if metrics.diverged:
+            raise diverged(settings, epoch)
         if not metrics.completed:
             state = state.mid_epoch(metrics.steps_done, metrics.totals)
             raise _save_and_stop(run, state, f"epoch {epoch}, step {metrics.steps_done}")
@@ -196,6 +214,9 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
             "learning_rate": loop.learning_rate, "seconds": round(totals.seconds, 3),
             "images_per_second": round(totals.images / max(totals.seconds, 1e-9), 1),
         }
+        if not math.isfinite(val_loss):
+            run.outputs.diverged(state, row)
+            raise diverged(settings, epoch)
         state, improved = state.after_epoch(row, settings.monitor, settings.monitor_mode)
         log.info(f"epoch {epoch}/{settings.total_epochs}", extra={
             "run_id": settings.run_id, **row, "best_epoch": state.best_epoch})
@@ -207,7 +228,7 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
 
 def _save_and_stop(run: Run, state: LoopState, where: str, saved: bool = False) -> Terminated:
     """SIGTERM: the state saved (unless `saved`) and uploaded; the error to stop with."""
-    run.outputs.save_for_restart(state, run.checkpoint, saved)
+    run.outputs.save_for_restart(state, run.checkpoint, saved, run.stop)
     by = " (sent to this or another worker)" if run.cluster.is_multi_worker else ""
     outcome = "after saving its state" if run.cluster.is_chief else "while the chief saves it"
     return Terminated(f"stopped by SIGTERM{by} at {where}, {outcome}; run again with "
@@ -241,17 +262,18 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _outputs(settings: Settings, store: Store, cluster: Cluster,
-             metadata: dict[str, Any]) -> Outputs:
+def _outputs(settings: Settings, store: Store, cluster: Cluster, metadata: dict[str, Any],
+             fingerprint: dict[str, Any]) -> Outputs:
     if not cluster.is_chief:
         return WorkerOutputs()
     local_dir = store.local_run_dir(settings.run_id)
     if local_dir is not None:
         artifacts = RunArtifacts(store, settings.run_id, local_dir)
     else:
-        artifacts = RunArtifacts(store, settings.run_id, _work_run_dir(settings),
-                                 publisher=Uploader(store))
-    return ChiefOutputs(artifacts, settings, metadata, ScalarLog(artifacts))
+        work = _work_run_dir(settings)
+        artifacts = RunArtifacts(store, settings.run_id, work,
+                                 publisher=Uploader(store, staging=work / ".uploads"))
+    return ChiefOutputs(artifacts, settings, metadata, fingerprint, ScalarLog(artifacts))
 
 
 def _work_run_dir(settings: Settings) -> Path:
