@@ -132,7 +132,7 @@ def test_float16_keeps_a_float32_softmax_and_a_loadable_best_h5(
     history = json.loads((tmp_path / "half" / "history.json").read_text())
     assert all(np.isfinite(row["loss"]) for row in history)
     assert history[0]["learning_rate"] < 1e-4  # the cosine is on its way down
-    scored = score_model(tmp_path / "half" / "best.h5", tiny_npz, env)
+    scored = score_model(tmp_path / "half" / "best.h5", tiny_npz)
     assert scored["dtype"] == "float32"
 
 

@@ -187,6 +187,9 @@ class S3Store(Store):
             raise self._error(error, prefix) from None
         return objects
 
+    def list_keys(self, prefix: str) -> list[str]:
+        return sorted(item["Key"] for item in self.list_objects(prefix))
+
     def list_runs(self) -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
 

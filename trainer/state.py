@@ -16,6 +16,7 @@ after the newest pointer, which no longer lists them, is stored (trainer/uploade
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from trainer.artifacts import HistoryRow, RunArtifacts
 from trainer.errors import ConfigError
 from trainer.files import sha256_of, write_atomic
 from trainer.logs import get_logger
+from trainer.settings import Settings
 from trainer.storage import Store
 
 if TYPE_CHECKING:
@@ -99,7 +101,8 @@ class LoopState:
     @classmethod
     def from_json(cls, raw: str | bytes) -> LoopState:
         loaded = json.loads(raw)
-        return cls(**{**loaded, "partial": Totals(*loaded["partial"]),
+        known = {name: loaded[name] for name in cls.__dataclass_fields__ if name in loaded}
+        return cls(**{**known, "partial": Totals(*loaded["partial"]),
                       "history": tuple(loaded["history"])})
 
 
@@ -113,9 +116,14 @@ def save_state(artifacts: RunArtifacts, checkpoint: tf.train.Checkpoint, state: 
     """Write the new state's files, then point at them; drop states no longer pointed at."""
     name = state.name
     checkpoint.write(str(artifacts.path(f"state/ckpt-{name}")))
-    write_atomic(artifacts.path(f"state/loop-{name}.json"), state.to_json())
+    checkpoint_files = {f: sha256_of(artifacts.path(f)) for f in _files(name)[:2]}
+    # The loop's file vouches for the checkpoint's: a state can be found without the pointer.
+    loop = {**json.loads(state.to_json()), "checkpoint_sha256": checkpoint_files,
+            "fingerprint": fingerprint}
+    write_atomic(artifacts.path(f"state/loop-{name}.json"), json.dumps(loop).encode())
     entry = {"name": name, "epoch": state.epoch, "step": state.step, "fingerprint": fingerprint,
-             "files": {f: sha256_of(artifacts.path(f)) for f in _files(name)}}
+             "files": {**checkpoint_files,
+                       _files(name)[2]: sha256_of(artifacts.path(_files(name)[2]))}}
     for file in _files(name):
         artifacts.publish(file)
     # The pointer as this run last wrote or restored it: no round trip to the store, which
@@ -142,8 +150,27 @@ def _read_pointer(store: Store, run_id: str) -> list[dict[str, Any]]:
     try:
         return list(json.loads(raw)["states"]) if raw else []
     except (ValueError, KeyError, TypeError):
-        get_logger().warning(f"{POINTER} is unreadable; starting the run from scratch")
-        return []
+        get_logger().warning(f"{POINTER} is unreadable; looking for the states it would list",
+                             extra={"run_id": run_id})
+        return _states_without_pointer(store, run_id)
+
+
+def _states_without_pointer(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Pointer entries rebuilt from the states' own files, newest first: each loop file lists
+    its checkpoint files' sha256 (states saved before that are skipped)."""
+    entries = []
+    for key in sorted(store.list_keys(f"{run_id}/state/loop-"), reverse=True):
+        raw = store.read_bytes(key)
+        try:
+            loaded = json.loads(raw or b"")
+            name = key.rsplit("/loop-", 1)[1].removesuffix(".json")
+            files = {**loaded["checkpoint_sha256"],
+                     _files(name)[2]: hashlib.sha256(raw or b"").hexdigest()}
+            entries.append({"name": name, "epoch": loaded["epoch"], "step": loaded["step"],
+                            "fingerprint": loaded.get("fingerprint", {}), "files": files})
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+    return entries
 
 
 def restore_state(store: Store, run_id: str, local_dir: Path, checkpoint: tf.train.Checkpoint,
@@ -184,6 +211,15 @@ def _fetch_verified(store: Store, run_id: str, local_dir: Path,
         if sha256_of(target) != digest:
             return f"{file} does not match its sha256"
     return None
+
+
+def fingerprint_of(settings: Settings, image_size: int, classes: int,
+                   global_batch: int) -> dict[str, Any]:
+    """What fixes the model's variables and the schedule: a state made with other values
+    cannot be resumed by this run."""
+    return {"backbone": settings.backbone, "pooling": settings.pooling, "image_size": image_size,
+            "classes": classes, "global_batch": global_batch, "epochs": settings.epochs,
+            "fine_tune_epochs": settings.fine_tune_epochs}
 
 
 def check_fingerprint(run_id: str, saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -39,6 +39,9 @@ class Store(Protocol):
     def list_runs(self) -> list[str]:
         """The run ids under this store."""
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key that starts with `prefix`."""
+
     def local_run_dir(self, run_id: str) -> Path | None:
         """The folder a run's files live in when this store is a local folder, else None."""
         return None
@@ -88,6 +91,14 @@ class LocalStore:
             return []
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and not p.name.startswith("."))
+
+    def list_keys(self, prefix: str) -> list[str]:
+        folder, _, start = prefix.rpartition("/")
+        base = self.root / folder
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob(f"{start}*")
+                      if p.is_file())
 
     def local_run_dir(self, run_id: str) -> Path:
         return self.root / run_id

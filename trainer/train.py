@@ -50,7 +50,7 @@ from trainer.pipeline import (
 from trainer.recipe import PhasedSchedule, phase_of, set_trainable, stop_early
 from trainer.scalars import ScalarLog
 from trainer.settings import Settings
-from trainer.state import LoopState, restore_state
+from trainer.state import LoopState, fingerprint_of, restore_state
 from trainer.storage import Store
 from trainer.uploader import Uploader
 
@@ -130,10 +130,7 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     metadata = {"class_names": list(dataset.class_names), "image_size": image_size,
                 "backbone": settings.backbone,
                 "preprocessing": preprocessing_name(settings.backbone)}
-    fingerprint = {"backbone": settings.backbone, "pooling": settings.pooling,
-                   "image_size": image_size, "classes": len(dataset.class_names),
-                   "global_batch": global_batch, "epochs": settings.epochs,
-                   "fine_tune_epochs": settings.fine_tune_epochs}
+    fingerprint = fingerprint_of(settings, image_size, len(dataset.class_names), global_batch)
     outputs = _outputs(settings, store, cluster, metadata, fingerprint)
     outputs.start(run_config(settings, {**metadata, **recipe}, replicas, cached, _versions()),
                   cached)
@@ -142,8 +139,7 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
 
     # 7. Resume from the newest intact saved state, if any.
     local_dir = store.local_run_dir(settings.run_id) or _work_run_dir(settings)
-    state = restore_state(store, settings.run_id, local_dir, checkpoint,
-                          fingerprint) or LoopState()
+    state = restore_state(store, settings.run_id, local_dir, checkpoint, fingerprint) or LoopState()
     if state.epoch or state.step:
         log.info(f"resuming after epoch {state.epoch}"
                  + (f", step {state.step}" if state.step else ""),
@@ -201,12 +197,11 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
         metrics = loop.train_epoch(training_fn, run.steps,
                                    _progress_logger(epoch, first=epoch == first_epoch),
                                    stop_requested, start_step=state.step, partial=state.partial)
-        if metrics.diverged:
-            raise diverged(settings, epoch)
-        if not metrics.completed:
+        if not metrics.completed and not metrics.diverged:
             state = state.mid_epoch(metrics.steps_done, metrics.totals)
             raise _save_and_stop(run, state, f"epoch {epoch}, step {metrics.steps_done}")
-        val_loss, val_accuracy = loop.evaluate(evaluation_fn, evaluation_steps)
+        val_loss, val_accuracy = (math.nan, math.nan) if metrics.diverged else loop.evaluate(
+            evaluation_fn, evaluation_steps)
         totals = metrics.totals
         row: HistoryRow = {
             "epoch": epoch, "loss": totals.loss, "accuracy": totals.accuracy,
@@ -214,8 +209,8 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
             "learning_rate": loop.learning_rate, "seconds": round(totals.seconds, 3),
             "images_per_second": round(totals.images / max(totals.seconds, 1e-9), 1),
         }
-        if not math.isfinite(val_loss):
-            run.outputs.diverged(state, row)
+        if not (math.isfinite(totals.loss) and math.isfinite(val_loss)):
+            run.outputs.diverged(state, row)  # shown in the history, not kept as a state
             raise diverged(settings, epoch)
         state, improved = state.after_epoch(row, settings.monitor, settings.monitor_mode)
         log.info(f"epoch {epoch}/{settings.total_epochs}", extra={
