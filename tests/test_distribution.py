@@ -208,7 +208,8 @@ def test_a_chief_and_two_workers_train_as_one_cluster_and_only_the_chief_writes(
     """TF_CONFIG as Vertex AI and Kubeflow write it: a chief plus workers 0 and 1."""
     roots = [tmp_path / f"runs-{index}" for index in range(3)]
     processes, _ = _start_workers(lambda index: clean_environ(
-        TINY_JOB, DATASET=str(tiny_npz), RUN_ID="chief", EPOCHS="1", ARTIFACT_URI=str(roots[index]),
+        TINY_JOB, DATASET=str(tiny_npz), RUN_ID="chief", EPOCHS="1", BATCH_SIZE="8",
+        ARTIFACT_URI=str(roots[index]),
         WORK_DIR=str(tmp_path / f"work-{index}")), count=3, chief=True)
     outputs = _outputs(processes)
     for process, (_, stderr) in zip(processes, outputs, strict=True):
