@@ -25,7 +25,7 @@ from conftest import (
     run_entrypoint,
 )
 
-from trainer.distribution import Cluster, resolve_cluster, tf_config_from_indexed_job
+from trainer.cluster import Cluster, resolve_cluster, tf_config_from_indexed_job
 from trainer.errors import ConfigError
 
 INDEXED_JOB = {"JOB_COMPLETION_INDEX": "1", "WORKER_COUNT": "3", "WORKER_SERVICE": "workers",

@@ -25,7 +25,7 @@ skipped):
   credentials file lies in a mounted Secret volume;
 - RUN_ID (and JOB_NAME) from the workload's name through the downward API;
 - multi-node (Indexed Job, JobSet, TrainJob): each pod's environment, built as Kubernetes, JobSet
-  and Kubeflow Trainer build it, resolved through load_settings and trainer.distribution.
+  and Kubeflow Trainer build it, resolved through load_settings and trainer.cluster.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (the dev extra has it)")
 
 # No TensorFlow in these.
-from trainer.distribution import resolve_cluster, tf_config_from_indexed_job  # noqa: E402
+from trainer.cluster import resolve_cluster, tf_config_from_indexed_job  # noqa: E402
 from trainer.settings import load_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.distribution import resolve_cluster
+from trainer.cluster import resolve_cluster
 from trainer.errors import ConfigError
 from trainer.platforms import failure_file, fuse_path, resolve_platform
 from trainer.settings import load_settings

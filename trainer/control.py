@@ -5,7 +5,6 @@ diverged or a device out of memory (exit 2: the same settings would fail again).
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import threading
 import time
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 
 import tensorflow as tf
 
-from trainer.distribution import Cluster
+from trainer.cluster import Cluster
 from trainer.errors import ConfigError, TransientError
 from trainer.logs import get_logger
 from trainer.settings import Settings
@@ -64,9 +63,7 @@ def peer_loss_is_transient(cluster: Cluster) -> Iterator[None]:
             tf.errors.DeadlineExceededError) as error:
         if not cluster.is_multi_worker:
             raise
-        tasks = sorted({int(i) for i in re.findall(r"/job:worker/replica:0/task:(\d+)",
-                                                   str(error)) if int(i) != cluster.index})
-        lost = ", ".join(cluster.workers[i] for i in tasks if i < len(cluster.workers))
+        lost = ", ".join(cluster.peers_named_in(str(error)))
         raise TransientError(
             f"lost contact with worker(s) {lost or 'of this run'} during training "
             f"({type(error).__name__}); run the Job's workers again with the same RUN_ID to "

@@ -22,7 +22,7 @@ Storage is read through its FUSE mount: `gs://bucket/path` in DATASET, DATASET_M
 ARTIFACT_URI, and in AIP_MODEL_DIR (the run), AIP_CHECKPOINT_DIR (the resume state) and
 AIP_TENSORBOARD_LOG_DIR (TensorBoard events), becomes `<GCS_FUSE_ROOT>/bucket/path` (default
 /gcs). RUN_ID defaults to CLOUD_ML_JOB_ID. Its cluster comes from TF_CONFIG or CLUSTER_SPEC
-(trainer.distribution).
+(trainer.cluster).
 
 Everywhere: a local DATASET folder that holds one .npz and nothing else is read as that file, and
 a WEIGHTS folder with exactly one weights file (.h5, .keras) below it as that file, which is what a

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from trainer.artifacts import HistoryRow, RunArtifacts
 from trainer.backbones import MIN_IMAGE_SIZE
+from trainer.cluster import Cluster
 from trainer.control import (
     StopRequest,
     diverged,
@@ -32,7 +33,7 @@ from trainer.control import (
     stop_on_sigterm,
 )
 from trainer.data import Dataset
-from trainer.distribution import Cluster, make_strategy, resolve_precision, resolve_xla
+from trainer.distribution import make_strategy, resolve_precision, resolve_xla
 from trainer.errors import ConfigError, StorageError, Terminated, UploadsUnfinished
 from trainer.evaluation import evaluate
 from trainer.logs import get_logger
