@@ -179,3 +179,61 @@ def test_the_entrypoint_takes_sagemakers_train_argument() -> None:
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         assert "EPOCHS='0' is invalid" in result.stderr.strip().splitlines()[-1]
+
+
+# --- end to end: the real entrypoint, as each platform starts it ---
+
+
+def test_sagemaker_runs_the_image_with_train_and_its_layout(tiny_npz: Path,
+                                                             tmp_path: Path) -> None:
+    from conftest import clean_environ, json_lines, run_entrypoint
+
+    base = sagemaker(tmp_path, hyperparameters={
+        "backbone": '"VGG16"', "weights": '"none"', "image_size": "32", "epochs": "1",
+        "batch_size": "16", "validation_split": "0.25", "augment": '"none"'},
+        channels={"training": {"tiny.npz": tiny_npz.read_bytes()}})
+    env = clean_environ(SAGEMAKER_BASE_DIR=str(base), TRAINING_JOB_NAME="Digits-On-SageMaker",
+                        LOG_FORMAT="json", EPOCHS="7", WORK_DIR=str(tmp_path / "work"))
+    result = run_entrypoint(env, "train")  # `docker run IMAGE train`
+    assert result.returncode == 0, result.stderr
+    config = json.loads((base / "model" / "config.json").read_text())
+    assert config["settings"]["run_id"] == "digits-on-sagemaker"
+    assert config["settings"]["epochs"] == 1  # the hyperparameter beats the variable
+    assert config["settings"]["dataset"] == str(base / "input" / "data" / "training" /
+                                                "tiny.npz")
+    manifest = json.loads((base / "model" / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and "best.h5" in manifest["artifacts"]
+    assert (base / "checkpoints" / "state" / "LATEST.json").is_file()
+    assert not (base / "model" / "state").exists()  # the state is SageMaker's to sync
+    assert any(r["message"].startswith("run finished") for r in json_lines(result.stdout))
+
+    (base / "input" / "config" / "hyperparameters.json").write_text('{"epochs": "0"}')
+    failed = run_entrypoint(env, "train", timeout=60)
+    assert failed.returncode == 2
+    line = (base / "output" / "failure").read_text().strip()
+    assert line == "EPOCHS='0' is invalid: give a whole number >= 1 and <= 100000"
+    assert failed.stderr.strip().endswith(line)
+
+
+def test_vertex_reads_and_writes_cloud_storage_through_its_mount(tiny_npz: Path,
+                                                                  tmp_path: Path) -> None:
+    from conftest import clean_environ, run_entrypoint
+
+    mount = tmp_path / "gcs"
+    (mount / "data-bucket" / "sets").mkdir(parents=True)
+    (mount / "data-bucket" / "sets" / "tiny.npz").write_bytes(tiny_npz.read_bytes())
+    env = clean_environ(
+        {"BACKBONE": "VGG16", "WEIGHTS": "none", "IMAGE_SIZE": "32", "EPOCHS": "1",
+         "BATCH_SIZE": "16", "VALIDATION_SPLIT": "0.25", "AUGMENT": "none"},
+        GCS_FUSE_ROOT=str(mount), CLOUD_ML_JOB_ID="1234567890",
+        DATASET="gs://data-bucket/sets/tiny.npz",
+        AIP_MODEL_DIR="gs://out-bucket/job/model/", AIP_CHECKPOINT_DIR="gs://out-bucket/job/ckpt/",
+        AIP_TENSORBOARD_LOG_DIR="gs://out-bucket/job/logs/", WORK_DIR=str(tmp_path / "work"))
+    result = run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    model_dir = mount / "out-bucket" / "job" / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["settings"]["run_id"] == "1234567890"
+    assert json.loads((model_dir / "manifest.json").read_text())["status"] == "finished"
+    assert (mount / "out-bucket" / "job" / "ckpt" / "state" / "LATEST.json").is_file()
+    assert list((mount / "out-bucket" / "job" / "logs" / "validation").iterdir())

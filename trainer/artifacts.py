@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import h5py
 
 from trainer.files import make_readable, sha256_of, write_atomic
-from trainer.storage import Store
+from trainer.storage import Store, key_in
 
 if TYPE_CHECKING:
     import keras
@@ -62,7 +62,7 @@ class RunArtifacts:
         return self.local_dir / name
 
     def key(self, name: str) -> str:
-        return f"{self.run_id}/{name}"
+        return key_in(self.run_id, name)
 
     def publish(self, name: str, grows_in_place: bool = False) -> None:
         """Hand a finished local file to the store (in the background where the store is

@@ -26,6 +26,7 @@ import click
 from trainer.errors import INTERNAL_ERROR, TrainerError
 from trainer.job import run_job
 from trainer.logs import setup_logging
+from trainer.platforms import failure_file
 from trainer.runs import fetch_run, list_runs, rebuild_report
 from trainer.settings import OPTIONS, check_run_id, default_of, load_settings
 from trainer.storage import Store, open_store
@@ -189,9 +190,12 @@ def _fail(message: str, code: int, debug: bool) -> int:
     if logger.handlers:  # the JSON log line for log tools; stderr gets the plain line below
         logger.error(line, extra={"exit_code": code})
     print(f"error: {line}", file=sys.stderr, flush=True)
-    try:
-        with open(TERMINATION_LOG, "w") as f:
-            f.write(line + "\n")
-    except OSError:
-        pass
+    # Where the platform shows it: Kubernetes' `kubectl describe pod`, SageMaker's FailureReason.
+    for path in (TERMINATION_LOG, failure_file(os.environ)):
+        try:
+            if path:
+                with open(path, "w") as f:
+                    f.write(line + "\n")
+        except OSError:
+            pass
     return code

@@ -17,17 +17,18 @@ from pathlib import Path
 
 from trainer.data import Dataset, load_dataset
 from trainer.logs import get_logger
+from trainer.platforms import resolve_platform
 from trainer.settings import Settings
-from trainer.storage import Store, open_store
+from trainer.storage import Store, key_in, open_store
 
 
 def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
     """Train (or resume), keep the best epoch, and finish the run with its manifest."""
     log = get_logger()
-    store = open_store(settings.artifact_uri, settings.s3_endpoint_url,
+    store = open_store(settings.store_uri, settings.s3_endpoint_url,
                        settings.s3_addressing_style)
     store.check_writable()
-    if finished(store, settings.run_id):
+    if finished(store, settings.run_key):
         log.info("run already finished; nothing to do", extra={"run_id": settings.run_id})
         return
     log.info("starting run", extra={"run_id": settings.run_id, "artifact_uri": store.uri})
@@ -37,7 +38,9 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
     # The TensorFlow boundary (see trainer/__init__.py).
     from trainer.train import train
 
-    train(settings, store, dataset, weights, dict(os.environ if environ is None else environ))
+    # The platform's environment: on SageMaker, TF_CONFIG comes from its resourceconfig.json.
+    platform = resolve_platform(os.environ if environ is None else environ)
+    train(settings, store, dataset, weights, platform.environ)
 
 
 def load_run_dataset(settings: Settings) -> Dataset:
@@ -48,7 +51,7 @@ def load_run_dataset(settings: Settings) -> Dataset:
 
 
 def finished(store: Store, run_id: str) -> bool:
-    raw = store.read_bytes(f"{run_id}/manifest.json")
+    raw = store.read_bytes(key_in(run_id, "manifest.json"))
     if raw is None:
         return False
     try:

@@ -32,6 +32,8 @@ from trainer.plots import save_curves, save_samples
 from trainer.report import build_report
 from trainer.settings import Settings
 from trainer.state import LoopState, save_state
+from trainer.storage import LocalStore, Store
+from trainer.uploader import Uploader
 
 if TYPE_CHECKING:
     import keras
@@ -57,9 +59,11 @@ class Outputs(Protocol):
 
 
 class ChiefOutputs:
-    def __init__(self, artifacts: RunArtifacts, settings: Settings, metadata: dict[str, Any],
-                 fingerprint: dict[str, Any], scalars: ScalarLog) -> None:
+    def __init__(self, artifacts: RunArtifacts, state_files: RunArtifacts, settings: Settings,
+                 metadata: dict[str, Any], fingerprint: dict[str, Any],
+                 scalars: ScalarLog) -> None:
         self.artifacts = artifacts
+        self.state_files = state_files  # the run's own, unless the platform keeps them apart
         self.settings = settings
         self.metadata = metadata
         self.fingerprint = fingerprint
@@ -155,7 +159,7 @@ class ChiefOutputs:
         """The state, with best.h5's digest unless its own weights are the best (then a restart
         makes best.h5 again from them, whether or not the upload of best.h5 got through)."""
         best = None if state.holds_the_best_weights else self.best_sha256
-        save_state(self.artifacts, checkpoint, dataclasses.replace(state, best_sha256=best),
+        save_state(self.state_files, checkpoint, dataclasses.replace(state, best_sha256=best),
                    self.fingerprint)
 
     def _save_best(self, model: keras.Model, state: LoopState) -> None:
@@ -191,6 +195,33 @@ class WorkerOutputs:
 
     def finish(self, state: LoopState, evaluate: Evaluate, stop: StopRequest) -> str:
         return ""
+
+
+def run_files(settings: Settings, store: Store) -> tuple[RunArtifacts, RunArtifacts]:
+    """The run's files, and those of its resume state (the same, unless a platform keeps the
+    state elsewhere: SageMaker's checkpoints/, Vertex AI's AIP_CHECKPOINT_DIR). Written in
+    place in a local store; in WORK_DIR, then uploaded in the background, in object storage."""
+    local_dir = store.local_run_dir(settings.run_key)
+    if local_dir is not None:
+        artifacts = RunArtifacts(store, settings.run_key, local_dir)
+    else:
+        work = Path(settings.work_dir) / "runs" / settings.run_key
+        artifacts = RunArtifacts(store, settings.run_key, work,
+                                 publisher=Uploader(store, staging=work / ".uploads"))
+    if not settings.state_dir:
+        return artifacts, artifacts
+    state_store = LocalStore(settings.state_dir)
+    return artifacts, RunArtifacts(state_store, "", state_store.root)
+
+
+def state_place(settings: Settings, store: Store) -> tuple[Store, str, Path]:
+    """Where a restart finds the resume state: the store, the run's key in it, and the local
+    folder the state's files are brought to (the one run_files writes them in)."""
+    if settings.state_dir:
+        state_store = LocalStore(settings.state_dir)
+        return state_store, "", state_store.root
+    local_dir = store.local_run_dir(settings.run_key)
+    return store, settings.run_key, local_dir or Path(settings.work_dir) / "runs" / settings.run_key
 
 
 def run_config(settings: Settings, metadata: dict[str, Any], replicas: int,

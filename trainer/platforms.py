@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.options import OPTIONS
 
 DEFAULT_SAGEMAKER_BASE_DIR = "/opt/ml"
 DEFAULT_GCS_FUSE_ROOT = "/gcs"
@@ -92,9 +93,7 @@ def failure_file(environ: Mapping[str, str]) -> str | None:
 
 
 def settings_variables() -> set[str]:
-    """The variables that settings are read from (imported late: settings is larger)."""
-    from trainer.settings import OPTIONS
-
+    """The variables that settings are read from."""
     return {option.variable for option in OPTIONS}
 
 

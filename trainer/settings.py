@@ -12,11 +12,13 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from trainer.backbones import MIN_IMAGE_SIZE
 from trainer.errors import ConfigError
 from trainer.options import OPTIONS, Option, check_run_id
+from trainer.platforms import resolve_platform
 
 MONITORS: dict[str, Literal["max", "min"]] = {"val_accuracy": "max", "val_loss": "min",
                                               "accuracy": "max", "loss": "min"}
@@ -60,6 +62,10 @@ class Settings:
     xla: Literal["auto", "on", "off"] = "auto"
     peer_timeout: float = 600.0
     termination_grace_seconds: float = 30.0
+    # Folders a platform gives the run (trainer.platforms), not variables of their own:
+    run_dir: str | None = None  # the run's folder itself, in place of ARTIFACT_URI/RUN_ID
+    state_dir: str | None = None  # the resume state's folder, in place of the run's state/
+    tensorboard_dir: str | None = None  # TensorBoard's event files, in place of tensorboard/
 
     @property
     def monitor_mode(self) -> Literal["max", "min"]:
@@ -72,6 +78,16 @@ class Settings:
     @property
     def fine_tune_rate(self) -> float:
         return self.fine_tune_learning_rate or self.learning_rate / 10
+
+    @property
+    def store_uri(self) -> str:
+        """Where the store that holds the run is: ARTIFACT_URI, or the platform's folder."""
+        return str(Path(self.run_dir).parent) if self.run_dir else self.artifact_uri
+
+    @property
+    def run_key(self) -> str:
+        """The run's folder in that store: RUN_ID, or the platform folder's name."""
+        return Path(self.run_dir).name if self.run_dir else self.run_id
 
     @property
     def augmentations(self) -> tuple[str, ...]:
@@ -93,8 +109,12 @@ def default_of(option: Option) -> Any:
 def load_settings(
     environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None
 ) -> Settings:
-    """Resolve every option (flag, then variable, then default) and validate them together."""
+    """Resolve every option (flag, then variable, then default) and validate them together.
+    On SageMaker and Vertex AI the platform's layout comes first (trainer.platforms): its
+    hyperparameters rank between the flags and the variables."""
     flags = flags or {}
+    platform = resolve_platform(environ)
+    environ = platform.environ
     values: dict[str, Any] = {}
     for option in OPTIONS:
         text = flags.get(option.field)
@@ -103,7 +123,8 @@ def load_settings(
         if text is None or (text == "" and option.field != "run_id"):
             continue
         values[option.field] = option.parse(option.variable, text)
-    settings = Settings(**values)
+    settings = Settings(**values, run_dir=platform.run_dir, state_dir=platform.state_dir,
+                        tensorboard_dir=platform.tensorboard_dir)
     _check_image_size(settings)
     _check_recipe(settings)
     if not settings.run_id:

@@ -28,7 +28,7 @@ from trainer.errors import ConfigError
 from trainer.files import sha256_of, write_atomic
 from trainer.logs import get_logger
 from trainer.settings import Settings
-from trainer.storage import Store
+from trainer.storage import Store, key_in
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -146,7 +146,7 @@ def _local_pointer(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_pointer(store: Store, run_id: str) -> list[dict[str, Any]]:
-    raw = store.read_bytes(f"{run_id}/{POINTER}")
+    raw = store.read_bytes(key_in(run_id, POINTER))
     try:
         return list(json.loads(raw)["states"]) if raw else []
     except (ValueError, KeyError, TypeError):
@@ -159,7 +159,7 @@ def _states_without_pointer(store: Store, run_id: str) -> list[dict[str, Any]]:
     """Pointer entries rebuilt from the states' own files, newest first: each loop file lists
     its checkpoint files' sha256 (states saved before that are skipped)."""
     entries = []
-    for key in sorted(store.list_keys(f"{run_id}/state/loop-"), reverse=True):
+    for key in sorted(store.list_keys(key_in(run_id, "state/loop-")), reverse=True):
         raw = store.read_bytes(key)
         try:
             loaded = json.loads(raw or b"")
@@ -204,7 +204,7 @@ def _fetch_verified(store: Store, run_id: str, local_dir: Path,
         if store.local_run_dir(run_id) is None and not (
                 target.is_file() and sha256_of(target) == digest):
             target.parent.mkdir(parents=True, exist_ok=True)
-            if not store.get_file(f"{run_id}/{file}", target):
+            if not store.get_file(key_in(run_id, file), target):
                 return f"{file} is missing"
         if not target.is_file():
             return f"{file} is missing"

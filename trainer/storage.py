@@ -16,6 +16,11 @@ from trainer.errors import StorageError
 from trainer.files import write_atomic
 
 
+def key_in(folder: str, name: str) -> str:
+    """The key of `name` in a run's folder of the store ("" when the store is the run's)."""
+    return f"{folder}/{name}" if folder else name
+
+
 class Store(Protocol):
     """What the job, `trainer runs` and `trainer fetch` need of a place that keeps runs."""
 

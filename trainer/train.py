@@ -22,7 +22,7 @@ import keras
 import numpy
 import tensorflow as tf
 
-from trainer.artifacts import HistoryRow, RunArtifacts
+from trainer.artifacts import HistoryRow
 from trainer.backbones import MIN_IMAGE_SIZE
 from trainer.cluster import Cluster
 from trainer.control import (
@@ -39,7 +39,14 @@ from trainer.evaluation import evaluate
 from trainer.logs import get_logger
 from trainer.loop import Loop
 from trainer.model import build_classifier, preprocess_function, preprocessing_name
-from trainer.outputs import ChiefOutputs, Outputs, WorkerOutputs, run_config
+from trainer.outputs import (
+    ChiefOutputs,
+    Outputs,
+    WorkerOutputs,
+    run_config,
+    run_files,
+    state_place,
+)
 from trainer.pipeline import (
     batch_preprocessor,
     cache_decoded,
@@ -53,7 +60,6 @@ from trainer.scalars import ScalarLog
 from trainer.settings import Settings
 from trainer.state import LoopState, fingerprint_of, restore_state
 from trainer.storage import Store
-from trainer.uploader import Uploader
 
 PROGRESS_INTERVAL_SECONDS = 30.0
 
@@ -139,8 +145,8 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
               outputs, stop)
 
     # 7. Resume from the newest intact saved state, if any.
-    local_dir = store.local_run_dir(settings.run_id) or _work_run_dir(settings)
-    state = restore_state(store, settings.run_id, local_dir, checkpoint, fingerprint) or LoopState()
+    state_store, state_key, state_dir = state_place(settings, store)
+    state = restore_state(state_store, state_key, state_dir, checkpoint, fingerprint) or LoopState()
     if state.epoch or state.step:
         log.info(f"resuming after epoch {state.epoch}"
                  + (f", step {state.step}" if state.step else ""),
@@ -262,18 +268,9 @@ def _outputs(settings: Settings, store: Store, cluster: Cluster, metadata: dict[
              fingerprint: dict[str, Any]) -> Outputs:
     if not cluster.is_chief:
         return WorkerOutputs()
-    local_dir = store.local_run_dir(settings.run_id)
-    if local_dir is not None:
-        artifacts = RunArtifacts(store, settings.run_id, local_dir)
-    else:
-        work = _work_run_dir(settings)
-        artifacts = RunArtifacts(store, settings.run_id, work,
-                                 publisher=Uploader(store, staging=work / ".uploads"))
-    return ChiefOutputs(artifacts, settings, metadata, fingerprint, ScalarLog(artifacts))
-
-
-def _work_run_dir(settings: Settings) -> Path:
-    return Path(settings.work_dir) / "runs" / settings.run_id
+    artifacts, state_files = run_files(settings, store)
+    scalars = ScalarLog(artifacts, settings.tensorboard_dir)
+    return ChiefOutputs(artifacts, state_files, settings, metadata, fingerprint, scalars)
 
 
 def _progress_logger(epoch: int, first: bool = False) -> Callable[[int, int], None]:
