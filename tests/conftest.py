@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,6 +50,63 @@ def run_entrypoint(env: dict[str, str], *args: str, timeout: float = 600,
                    cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ENTRYPOINT), *args], env=env, cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# Processes a test started; whatever is still running when it ends (it failed) is killed, so that
+# no TensorFlow is left eating the cores of the tests after it.
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_what_the_test_started() -> Iterator[None]:
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+class Job:
+    """The entrypoint as a subprocess whose log lines the test reads as they come."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen([sys.executable, "entrypoint.py"], env=env, cwd=REPO,
+                                        text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        STARTED.append(self.process)
+        self.lines: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+
+    def wait_for(self, message: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(r["message"].startswith(message) for r in self.lines):
+            assert self.process.poll() is None, (message, self.process.stderr.read()[-2000:])
+            assert time.monotonic() < deadline, f"no {message!r} within {timeout} s"
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code, self.process.stderr.read()
+
+    def resumed(self) -> tuple[int, int]:
+        row = next(r for r in self.lines if r["message"].startswith("resuming after"))
+        return row["resume_epoch"], row["resume_step"]
+
+    def field(self, name: str) -> object:
+        """The value of `name` in the first log line that has it."""
+        return next(r[name] for r in self.lines if name in r)
+
+    def trained_epochs(self) -> list[int]:
+        return [r["epoch"] for r in self.lines
+                if r["message"].startswith("epoch ") and "val_loss" in r]
 
 
 def json_lines(stdout: str) -> list[dict]:
@@ -242,7 +300,7 @@ def history_epochs(store: RunStore, run_id: str) -> int:
         return 0
 
 
-def check_finished_run(store: RunStore, run_id: str, env: dict[str, str], tiny_npz: Path,
+def check_finished_run(store: RunStore, run_id: str, scratch: Path, tiny_npz: Path,
                        epochs: int) -> None:
     """The run finished with every epoch once, its manifest matches the store, and best.h5 is
     the best epoch's model."""
@@ -256,7 +314,7 @@ def check_finished_run(store: RunStore, run_id: str, env: dict[str, str], tiny_n
     assert (manifest["best_epoch"], manifest["epochs_done"]) == (best["epoch"], epochs)
     for name, entry in manifest["artifacts"].items():
         assert hashlib.sha256(read(name)).hexdigest() == entry["sha256"], name
-    model = Path(env["WORK_DIR"]) / "check.h5"
+    model = scratch / f"{run_id}-best.h5"
     model.parent.mkdir(parents=True, exist_ok=True)
     model.write_bytes(read("best.h5"))
     assert score_model(model, tiny_npz)["accuracy"] == pytest.approx(

@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 import math
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import (
-    REPO,
     TINY_JOB,
+    Job,
     RunStore,
     check_finished_run,
     clean_environ,
+    run_entrypoint,
 )
 
 from trainer.artifacts import RunArtifacts
@@ -57,43 +55,6 @@ def test_saved_state_with_other_settings_names_them() -> None:
 
 RESUMABLE = {**TINY_JOB, "EPOCHS": "3", "BATCH_SIZE": "2", "STEPS_PER_CALL": "1",
              "VALIDATION_SPLIT": "0.25", "LEARNING_RATE": "1e-4", "RUN_ID": "resumable"}
-
-
-class Job:
-    """The entrypoint as a subprocess whose log lines the test reads as they come."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen([sys.executable, "entrypoint.py"], env=env, cwd=REPO,
-                                        text=True, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
-        self.lines: list[dict] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            if line.startswith("{"):
-                self.lines.append(json.loads(line))
-
-    def wait_for(self, message: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(r["message"].startswith(message) for r in self.lines):
-            assert self.process.poll() is None, (message, self.process.stderr.read()[-2000:])
-            assert time.monotonic() < deadline, f"no {message!r} within {timeout} s"
-            time.sleep(0.02)
-
-    def finish(self, timeout: float = 300) -> tuple[int, str]:
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return code, self.process.stderr.read()
-
-    def resumed(self) -> tuple[int, int]:
-        row = next(r for r in self.lines if r["message"].startswith("resuming after"))
-        return row["resume_epoch"], row["resume_step"]
-
-    def trained_epochs(self) -> list[int]:
-        return [r["epoch"] for r in self.lines
-                if r["message"].startswith("epoch ") and "val_loss" in r]
 
 
 def _pointer(store: RunStore) -> dict:
@@ -141,7 +102,7 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     assert code == 0, stderr
     assert job.resumed() == (killed_at + 1, 0)
     assert job.trained_epochs() == list(range(killed_at + 1, 4))
-    check_finished_run(run_store, "resumable", env, tiny_npz, epochs=3)
+    check_finished_run(run_store, "resumable", tmp_path, tiny_npz, epochs=3)
 
     # 4. Damage, as a crash mid-write on a store without atomic writes would leave it: no
     # manifest, the newest state's data cut in half and the pointer half-written. The run
@@ -161,4 +122,11 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     assert any("LATEST.json is unreadable" in m for m in messages)
     assert any("resume state 00003-0000000 is unusable" in m for m in messages)
     assert job.resumed() == (3, 0) and job.trained_epochs() == [3]
-    check_finished_run(run_store, "resumable", env, tiny_npz, epochs=3)
+    check_finished_run(run_store, "resumable", tmp_path, tiny_npz, epochs=3)
+
+    # 5. The same RUN_ID with settings that change the model: refused, naming them.
+    run_store.delete("resumable/manifest.json")
+    other = run_entrypoint({**env, "IMAGE_SIZE": "40", "WORK_DIR": str(next(work))})
+    assert other.returncode == 2, other.stderr
+    assert "RUN_ID=resumable has saved state made with other settings (image_size 32 -> 40)" in (
+        other.stderr)
