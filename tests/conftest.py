@@ -324,3 +324,37 @@ def score_model(model: Path, npz: Path, env: dict[str, str], validation_split: f
                             timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
+
+
+# --- Fault injection (tests/faults.py): a TCP proxy between a client and an S3 server ---------
+# Added for issue 12 (the S3 fault tests); self-contained so that it merges with other edits.
+from typing import TYPE_CHECKING  # noqa: E402 - kept in this block, see above
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from faults import FaultProxy
+
+
+@pytest.fixture()
+def fault_proxies() -> Iterator[Callable[[str], FaultProxy]]:
+    """Proxies in front of any server (`fault_proxies(server.endpoint)`), all closed after the
+    test, which fails if one left a thread running."""
+    from faults import FaultProxy
+
+    made: list[FaultProxy] = []
+
+    def make(endpoint: str) -> FaultProxy:
+        made.append(FaultProxy(endpoint))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+    assert not [t for p in made for t in p.threads()], "a proxy thread outlived its test"
+
+
+@pytest.fixture()
+def fault_proxy(s3_server: S3Server, fault_proxies: Callable[[str], FaultProxy]) -> FaultProxy:
+    """A proxy in front of this session's S3 server (rclone or moto), in `pass` mode."""
+    return fault_proxies(s3_server.endpoint)
