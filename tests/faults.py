@@ -7,6 +7,7 @@
         proxy.set("stall")                               # bytes stop; connections stay open
         proxy.set("refuse")                              # nothing listens; open ones are closed
         proxy.set("throttle", rate=200_000)              # bytes per second, each direction
+        proxy.set("delay", seconds=0.02)                 # latency before each response
         proxy.set("pass")
 
 Modes apply at once to open connections too (`set` returns when the proxy runs in the new
@@ -21,6 +22,8 @@ mode):
   connections are reset (None: all of them).
 - `stall`: nothing is forwarded and nothing closed, so the client's read timeout fires.
 - `throttle`: each direction of each connection at `rate` bytes per second.
+- `delay`: `seconds` of latency before the first bytes of each response (the first chunk from
+  the server after the client sent something): a distant server's time to first byte.
 
 Everything runs in threads of this process (an acceptor, two pumps per connection); `close()`
 ends them all and `threads()` lists any still alive, for tests that check nothing outlives them.
@@ -32,12 +35,13 @@ import contextlib
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-MODES = ("pass", "refuse", "reset", "stall", "throttle")
+MODES = ("pass", "refuse", "reset", "stall", "throttle", "delay")
 POLL = 0.02  # seconds between looks at the mode while idle
 CHUNK = 64 * 1024
 
@@ -48,6 +52,7 @@ class Mode:
     after: int = 0
     direction: str = "any"
     rate: int = 0
+    seconds: float = 0.0
 
 
 class FaultProxy:
@@ -77,14 +82,14 @@ class FaultProxy:
         self.close()
 
     def set(self, mode: str, *, after: int = 0, direction: str = "any",
-            times: int | None = None, rate: int = 0) -> None:
+            times: int | None = None, rate: int = 0, seconds: float = 0.0) -> None:
         """Switch mode; returns once the acceptor thread has applied it."""
         if mode not in MODES or direction not in ("up", "down", "any"):
             raise ValueError(f"mode {mode!r} direction {direction!r}")
         if mode == "throttle" and rate <= 0:
             raise ValueError("throttle needs rate > 0 (bytes per second)")
         with self._lock:
-            self.mode = Mode(mode, after, direction, rate)
+            self.mode = Mode(mode, after, direction, rate, seconds)
             self._resets_left = times
             self._generation += 1
             target = self._generation
@@ -180,7 +185,10 @@ class _Connection:
         self.proxy, self.client, self.server = proxy, client, server
         for s in (client, server):
             s.settimeout(30)
+            # Chunks are passed on as they come: Nagle's algorithm would hold small ones back.
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.carried = {"up": 0, "down": 0}
+        self.turn = "down"  # which way bytes went last: a response starts when it turns
         self.ended = 0
         self.closed = False
         self.lock = threading.Lock()
@@ -215,6 +223,9 @@ class _Connection:
                 self.reset()
                 return
             self.carried[direction] += len(data)
+            if mode.name == "delay" and direction == "down" and self.turn == "up":
+                time.sleep(mode.seconds)
+            self.turn = direction
             target.sendall(data)
             if mode.name == "throttle":
                 time.sleep(len(data) / mode.rate)
@@ -237,3 +248,20 @@ class _Connection:
                     s.shutdown(socket.SHUT_RDWR)
             s.close()
         self.proxy._forget(self)
+
+
+def main() -> None:
+    """`python tests/faults.py UPSTREAM MODE [key=value...]`: a proxy in a process of its own
+    (so its threads do not compete with the measured client for the GIL); prints its endpoint,
+    runs until stdin closes."""
+    upstream, mode, *options = sys.argv[1:]
+    settings = dict(option.split("=", 1) for option in options)
+    with FaultProxy(upstream) as proxy:
+        proxy.set(mode, **{k: (float(v) if k == "seconds" else int(v) if k != "direction" else v)
+                           for k, v in settings.items()})
+        print(proxy.endpoint, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -270,7 +270,8 @@ def test_a_reset_mid_multipart_upload_leaves_the_old_object_or_the_new_never_a_m
 
 def test_a_stall_becomes_a_transient_read_timeout(s3_server: S3Server, fault_proxy: FaultProxy,
                                                   tmp_path: Path) -> None:
-    store = S3Store(f"s3://{s3_server.new_bucket()}", fault_proxy.endpoint, "path", limits=FAST)
+    store = S3Store(f"s3://{s3_server.new_bucket()}", fault_proxy.endpoint, "path",
+                    limits=FAST._replace(read_timeout=0.5))
     source = tmp_path / "state.bin"
     source.write_bytes(b"s" * 1000)
     store.put_file("state.bin", source)
