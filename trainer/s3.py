@@ -17,6 +17,7 @@ import boto3
 from botocore.config import Config
 
 from trainer.errors import ConfigError, DataError
+from trainer.keys import local_path
 from trainer.redaction import redact
 from trainer.s3_errors import is_missing, storage_error
 from trainer.s3_mirror import (
@@ -24,7 +25,6 @@ from trainer.s3_mirror import (
     MIRROR_CONCURRENCY,
     S3Object,
     cache_lock,
-    local_path,
     mirror,
 )
 

@@ -1,6 +1,7 @@
 """A local folder that mirrors S3 objects: the download half of trainer.s3.download_uri.
 
-- Keys become paths only through `local_path`, which refuses keys that would leave the folder.
+- Keys become paths only through trainer.keys.local_path, which refuses keys that would leave
+  the folder.
 - A marker per object, kept in a tree of its own (`<cache>/.etags/<bucket>/<key>`, so the data
   folder holds nothing but data), records the ETag and size it was downloaded at and the local
   file's size and mtime: an object is fetched again when either side changed.
@@ -19,7 +20,6 @@ import json
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.subscribers import BaseSubscriber
 
-from trainer.errors import DataError
+from trainer.keys import check_layout, local_path
 from trainer.logs import get_logger
 from trainer.s3_errors import is_missing, storage_error
 
@@ -40,28 +40,6 @@ class S3Object(NamedTuple):
     key: str  # relative to the mirrored folder
     size: int
     etag: str
-
-
-def local_path(base: Path, key: str) -> Path:
-    """`base/key`, refusing keys that name somewhere else: absolute (`/x`), parent steps
-    (`a/../../x`, `..`), or nothing at all (`.`)."""
-    parts = [p for p in key.split("/") if p not in ("", ".")]
-    if key.startswith("/") or ".." in parts or "\0" in key or not parts:
-        raise DataError(f"the object key {key!r} would be stored outside {base}; the trainer "
-                        "reads keys without a leading '/' and without '..' parts: rename it")
-    return base.joinpath(*parts)
-
-
-def check_layout(keys: list[str]) -> None:
-    """Each key must map to its own file: S3 can hold `a` and `a/b`, a folder cannot."""
-    files = ["/".join(p for p in key.split("/") if p not in ("", ".")) for key in keys]
-    folders = {name.rsplit("/", depth)[0] for name in files
-               for depth in range(1, name.count("/") + 1)}
-    twice = {name for name, count in Counter(files).items() if count > 1}
-    clashes = sorted((set(files) & folders) | twice)
-    if clashes:
-        raise DataError(f"the objects {clashes[:5]} cannot be stored as local files: a key is "
-                        "both an object and a folder, or two keys differ only by '/' or '.'")
 
 
 @contextmanager
