@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -359,3 +360,33 @@ def score_model(model: Path, npz: Path, validation_split: float = 0.25) -> dict:
     predicted = np.argmax(loaded.predict(x, verbose=0), axis=1)
     return {"accuracy": float(np.mean(predicted == data.val.labels)),
             "dtype": str(loaded.output.dtype)}
+
+
+# --- Fault injection (tests/faults.py): a TCP proxy between a client and an S3 server ---------
+# Added for issue 12 (the S3 fault tests); self-contained so that it merges with other edits.
+if TYPE_CHECKING:
+    from faults import FaultProxy
+
+
+@pytest.fixture()
+def fault_proxies() -> Iterator[Callable[[str], FaultProxy]]:
+    """Proxies in front of any server (`fault_proxies(server.endpoint)`), all closed after the
+    test, which fails if one left a thread running."""
+    from faults import FaultProxy
+
+    made: list[FaultProxy] = []
+
+    def make(endpoint: str) -> FaultProxy:
+        made.append(FaultProxy(endpoint))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+    assert not [t for p in made for t in p.threads()], "a proxy thread outlived its test"
+
+
+@pytest.fixture()
+def fault_proxy(s3_server: S3Server, fault_proxies: Callable[[str], FaultProxy]) -> FaultProxy:
+    """A proxy in front of this session's S3 server (rclone or moto), in `pass` mode."""
+    return fault_proxies(s3_server.endpoint)
