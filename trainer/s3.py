@@ -60,7 +60,9 @@ def client_config(endpoint_url: str | None, addressing_style: str, *, quick: boo
     """botocore configuration: standard retries, and for a custom endpoint checksums only when
     required (boto3 >= 1.36 sends CRC checksums that many S3-compatible stores reject)."""
     if quick:
-        limits = ClientLimits(*map(min, limits, QUICK_LIMITS))
+        limits = ClientLimits(min(limits.connect_timeout, QUICK_LIMITS.connect_timeout),
+                              min(limits.read_timeout, QUICK_LIMITS.read_timeout),
+                              min(limits.max_attempts, QUICK_LIMITS.max_attempts))
     checksums = "when_required" if custom_endpoint(endpoint_url) else "when_supported"
     return Config(
         retries={"mode": "standard", "max_attempts": limits.max_attempts},
