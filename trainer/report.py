@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trainer.artifacts import HISTORY_COLUMNS
+
 PICTURES = (("curves.png", "Training curves"), ("confusion.png", "Confusion matrix"),
             ("samples.png", "Training samples"), ("errors.png", "Misclassified images"))
 STYLE = """
@@ -37,7 +39,24 @@ def _base64(path: Path) -> str:
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return format_value(value)
+
+
+def format_value(value: Any) -> str:
+    """A number as people read it in a table: four significant digits, so that a learning
+    rate of 1e-05 keeps its digits (not 0.0000), and large counts without an exponent."""
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def history_columns(history: list[dict[str, Any]]) -> list[str]:
+    """The contract's column order (epoch first), then any other column the rows carry."""
+    present = {key for row in history for key in row}
+    extra = [key for row in history for key in row if key not in HISTORY_COLUMNS]
+    return [c for c in HISTORY_COLUMNS if c in present] + list(dict.fromkeys(extra))
 
 
 def build_report(folder: Path, run_id: str, summary: dict[str, Any] | None = None) -> str:
@@ -68,7 +87,7 @@ def build_report(folder: Path, run_id: str, summary: dict[str, Any] | None = Non
                for name, title in PICTURES if (folder / name).is_file()]
     parts.append(f"<div class=\"figures\">{''.join(figures)}</div>")
     if history:
-        columns = list(history[0])
+        columns = history_columns(history)
         parts += ["<h2>History</h2>",
                   _table(columns, [[row.get(c, "") for c in columns] for row in history])]
     settings = config.get("settings", {})
