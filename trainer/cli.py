@@ -4,6 +4,7 @@
     trainer runs --artifact-uri s3://bucket/runs
     trainer fetch RUN_ID --to ./models
     trainer predict RUN_ID image.png
+    trainer sweep grid.yaml --name lr; trainer runs --sweep lr; trainer report --sweep lr
 """
 
 from __future__ import annotations
@@ -56,8 +57,17 @@ def train(**flags: str | None) -> None:
 @cli.command()
 @click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
               show_default=True, help="Where runs are stored: a local folder or s3://bucket[/prefix].")
-def runs(artifact_uri: str) -> None:
+@click.option("--sweep", envvar="SWEEP_NAME", show_envvar=True, default=None,
+              help="Only this sweep's runs (<NAME>-<index>), side by side with their varying "
+              "settings, best first.")
+def runs(artifact_uri: str, sweep: str | None) -> None:
     """List runs: id, status, epochs done, best value."""
+    if sweep:
+        from trainer.sweep_report import collect_runs, sweep_lines
+
+        for line in sweep_lines(collect_runs(_store(artifact_uri), sweep)):
+            click.echo(line)
+        return
     from trainer.runs import list_runs
 
     for line in list_runs(_store(artifact_uri)):
@@ -119,14 +129,49 @@ def evaluate(model: str, dataset: str, destination: str, split: str, artifact_ur
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
               show_default=True, help="Where runs are stored: a local folder or s3://bucket[/prefix].")
-def report(run_id: str, artifact_uri: str) -> None:
-    """Rebuild a run's report.html from its files, in the store."""
+@click.option("--sweep", envvar="SWEEP_NAME", show_envvar=True, default=None,
+              help="Instead of RUN_ID: one page comparing this sweep's runs, stored as "
+              "<NAME>.html next to them.")
+@click.option("--to", "destination", type=click.Path(dir_okay=False), default=None,
+              help="With --sweep: write the page to this local file instead.")
+def report(run_id: str | None, artifact_uri: str, sweep: str | None,
+           destination: str | None) -> None:
+    """Rebuild a run's report.html from its files, in the store; or compare a sweep's runs."""
+    if run_id is None:
+        if not sweep:
+            raise click.UsageError("give a RUN_ID, or --sweep NAME")
+        from trainer.sweep import check_name
+        from trainer.sweep_report import write_sweep_report
+
+        click.echo(write_sweep_report(_store(artifact_uri), check_name(sweep, "--sweep"),
+                                      Path(destination) if destination else None))
+        return
     from trainer.runs import rebuild_report
 
     click.echo(rebuild_report(_store(artifact_uri), _checked_run_id(run_id)))
+
+
+@cli.command()
+@click.argument("grid", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", envvar="SWEEP_NAME", show_envvar=True, default=None,
+              help="The sweep's name; its runs are <NAME>-<index>. Default: GRID's file name "
+              "without extension.")
+def sweep(grid: str, name: str | None) -> None:
+    """Run every combination of a grid of settings, one after another.
+
+    GRID is a JSON or YAML file that maps setting variables to a list of values (a dimension of
+    the grid) or to one value (the same in every run), e.g. {"BACKBONE": ["VGG16",
+    "MobileNetV2"], "LEARNING_RATE": ["1e-3", "1e-4"], "EPOCHS": 3}. Combination i (in the
+    file's order, the last list varying fastest) runs as RUN_ID <NAME>-<i>; other settings come
+    from the environment. Finished runs are skipped, so running it again continues a sweep.
+    """
+    _configure(load_settings(os.environ))
+    from trainer.sweep import run_sweep
+
+    run_sweep(grid, name, os.environ)
 
 
 def _store(artifact_uri: str):  # noqa: ANN202 - a Store

@@ -27,7 +27,7 @@ def _read_json(folder: Path, name: str) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>"
                    for row in rows)
@@ -76,12 +76,12 @@ def build_report(folder: Path, run_id: str, summary: dict[str, Any] | None = Non
         if "top5_accuracy" in metrics:
             summary += [["top-5 accuracy", metrics["top5_accuracy"]]]
         summary += [["evaluated on", f"{metrics['evaluated_on']}, {metrics['examples']} images"]]
-    parts.append(_table(["", ""], summary))
+    parts.append(table(["", ""], summary))
     if metrics:
         rows = [[name, m["precision"], m["recall"], m["f1"], m["support"]]
                 for name, m in metrics["per_class"].items()]
         parts += ["<h2>Per class</h2>",
-                  _table(["class", "precision", "recall", "F1", "support"], rows)]
+                  table(["class", "precision", "recall", "F1", "support"], rows)]
     figures = [f"<figure><figcaption>{title}</figcaption><img alt=\"{title}\" "
                f"src=\"data:image/png;base64,{_base64(folder / name)}\"></figure>"
                for name, title in PICTURES if (folder / name).is_file()]
@@ -89,10 +89,10 @@ def build_report(folder: Path, run_id: str, summary: dict[str, Any] | None = Non
     if history:
         columns = history_columns(history)
         parts += ["<h2>History</h2>",
-                  _table(columns, [[row.get(c, "") for c in columns] for row in history])]
+                  table(columns, [[row.get(c, "") for c in columns] for row in history])]
     settings = config.get("settings", {})
     if settings:
-        parts += ["<h2>Settings</h2>", _table(["setting", "value"],
+        parts += ["<h2>Settings</h2>", table(["setting", "value"],
                                               [[k, v] for k, v in sorted(settings.items())])]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Run {html.escape(run_id)}</title><style>{STYLE}</style></head>"
