@@ -266,3 +266,18 @@ def test_a_server_down_mid_run_costs_seconds_and_its_backlog_is_logged_after(
     assert len(warnings_logged) == 2  # the outage, then the list of what was not logged
     assert "artifact best.h5" in warnings_logged[-1].getMessage()
     assert "status FINISHED" in warnings_logged[-1].getMessage()
+
+
+def test_a_server_never_reached_is_named_without_credentials(warnings_logged: list) -> None:
+    (port,) = free_ports(1)
+    environ = {"MLFLOW_TRACKING_URI": f"http://trainer:s3cret@127.0.0.1:{port}"}
+    started = time.monotonic()
+    tracker = Tracker.open(environ, "never", None, PARAMS, TAGS)
+    tracker.log_epoch(_row(1))
+    assert tracker.mlflow_run_id is None
+    assert tracker.end("FAILED") == ["the MLflow run with its params", "metrics of epoch 1",
+                                     "status FAILED"]
+    assert time.monotonic() - started < DOWN_SECONDS
+    messages = [w.getMessage() for w in warnings_logged]
+    assert len(messages) == 2 and f"127.0.0.1:{port}" in messages[0]
+    assert not any("s3cret" in m for m in messages)

@@ -132,6 +132,7 @@ def curves_png(runs: list[SweepRun]) -> bytes:
 
     varying = varying_settings(runs)
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    epochs = sorted({row["epoch"] for run in runs for row in run.history if "epoch" in row})
     for axis, metric in zip(axes, ("val_accuracy", "val_loss"), strict=True):
         for run in runs:
             points = [(row["epoch"], row[metric]) for row in run.history if metric in row]
@@ -147,7 +148,10 @@ def curves_png(runs: list[SweepRun]) -> bytes:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
-        axis.xaxis.get_major_locator().set_params(integer=True)
+        if len(epochs) <= 20:
+            axis.set_xticks(epochs)
+        else:
+            axis.xaxis.get_major_locator().set_params(integer=True)
     figure.tight_layout()
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
@@ -159,17 +163,16 @@ def build_sweep_page(sweep: str, runs: list[SweepRun]) -> str:
     """One self-contained page: the runs ranked in a table, and their curves overlaid."""
     varying = varying_settings(runs)
     monitor = runs[0].monitor if runs else "best value"
-    header = ["rank", "run", "status", "epochs", *map(_variable, varying), f"best {monitor}",
+    header = ["run", "status", "epochs", *map(_variable, varying), f"best {monitor}",
               "best epoch"]
-    rows = [[rank_, run.run_id, run.status, run.epochs,
+    rows = [[run.run_id, run.status, run.epochs,
              *(run.settings.get(name, "") for name in varying),
              "" if run.best_value is None else run.best_value,
-             "" if run.best_epoch is None else run.best_epoch]
-            for rank_, run in enumerate(runs, start=1)]
+             "" if run.best_epoch is None else run.best_epoch] for run in runs]
     picture = base64.b64encode(curves_png(runs)).decode("ascii")
     title = f"Sweep {html.escape(sweep)}"
     parts = [f"<h1>{title}</h1>",
-             f"<p>{len(runs)} runs, ranked by their best {html.escape(monitor)}.</p>",
+             f"<p>{len(runs)} runs, best {html.escape(monitor)} first.</p>",
              table(header, rows),
              "<h2>Validation curves</h2>",
              f"<figure><img alt=\"Validation curves of every run\" "

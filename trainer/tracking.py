@@ -114,7 +114,7 @@ class Tracker:
     @property
     def uri(self) -> str:
         """The tracking URI without credentials, for messages."""
-        return re.sub(r"//[^/@]*@", "//", self._environ.get("MLFLOW_TRACKING_URI", ""))
+        return _redact(self._environ.get("MLFLOW_TRACKING_URI", ""))
 
     @property
     def pending(self) -> list[str]:
@@ -369,4 +369,10 @@ def _error_code(error: Exception) -> str | None:
 
 
 def _short(error: Exception) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    """One line of at most 300 characters, without credentials written into a URL."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return _redact(text)[:300]
+
+
+def _redact(text: str) -> str:
+    return re.sub(r"//[^/@\s]*@", "//", text)
