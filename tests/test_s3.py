@@ -107,7 +107,7 @@ def _assert_manifest_matches(objects: dict[str, bytes]) -> dict:
 
 def test_a_run_into_s3_then_fetch_and_predict(s3_server: S3Server, tiny_npz: Path,
                                               tmp_path: Path) -> None:
-    from trainer.backbones import build_model
+    from trainer.model import build_model
 
     bucket = s3_server.new_bucket()
     s3_server.client().upload_file(str(tiny_npz), bucket, "data/tiny.npz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import (
     REPO,
     TINY_JOB,
@@ -21,6 +23,40 @@ from conftest import (
     json_lines,
     run_entrypoint,
 )
+
+from trainer.artifacts import RunArtifacts
+from trainer.errors import ConfigError
+from trainer.state import LoopState, check_fingerprint
+from trainer.storage import LocalStore
+
+
+def _row(epoch: int, value: float) -> dict:
+    return {"epoch": epoch, "loss": 1.0, "accuracy": 0.5, "val_loss": value,
+            "val_accuracy": value, "learning_rate": 1e-3, "seconds": 1.0,
+            "images_per_second": 10.0}
+
+
+def test_a_value_that_is_not_finite_is_never_the_best() -> None:
+    state, improved = LoopState().after_epoch(_row(1, math.nan), "val_accuracy", "max")
+    assert (improved, state.best_value, state.best_epoch) == (False, None, 0)
+    state, improved = state.after_epoch(_row(2, 0.5), "val_accuracy", "max")
+    assert (improved, state.best_value, state.best_epoch) == (True, 0.5, 2)
+    state, improved = state.after_epoch(_row(3, math.inf), "val_loss", "min")
+    assert (improved, state.best_epoch, len(state.history)) == (False, 2, 3)
+
+
+def test_history_with_a_nan_is_still_valid_json(tmp_path: Path) -> None:
+    artifacts = RunArtifacts(LocalStore(str(tmp_path)), "run", tmp_path / "run")
+    artifacts.write_history([_row(1, math.nan)])
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[0]["val_loss"] is None
+
+
+def test_saved_state_with_other_settings_names_them() -> None:
+    saved = {"backbone": "ResNet50", "image_size": 224, "global_batch": 64}
+    check_fingerprint("run-1", saved, dict(saved))
+    with pytest.raises(ConfigError, match=r"RUN_ID=run-1 .*image_size 224 -> 160.*new RUN_ID"):
+        check_fingerprint("run-1", saved, {**saved, "image_size": 160})
+
 
 RESUMABLE = {**TINY_JOB, "EPOCHS": "4", "BATCH_SIZE": "4", "VALIDATION_SPLIT": "0.25",
              "LEARNING_RATE": "1e-4", "RUN_ID": "resumable"}

@@ -3,21 +3,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import tensorflow as tf
+
+from trainer.artifacts import HistoryRow, RunArtifacts
 
 
 class ScalarLog:
-    def __init__(self, artifacts: Any) -> None:
-        import tensorflow as tf
-
+    def __init__(self, artifacts: RunArtifacts) -> None:
         self.artifacts = artifacts
         self.writers = {split: tf.summary.create_file_writer(
             str(artifacts.path(f"tensorboard/{split}"))) for split in ("train", "validation")}
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: HistoryRow) -> None:
         """One history row; the event files are published (uploaded) after each."""
-        import tensorflow as tf
-
         scalars = {
             "train": {"loss": row["loss"], "accuracy": row["accuracy"],
                       "learning_rate": row["learning_rate"],
@@ -31,7 +29,7 @@ class ScalarLog:
             self.writers[split].flush()
         root = self.artifacts.local_dir
         for file in sorted(self.artifacts.path("tensorboard").rglob("events.out.tfevents.*")):
-            self.artifacts.publish(str(file.relative_to(root)))
+            self.artifacts.publish(str(file.relative_to(root)), grows_in_place=True)
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -41,7 +41,7 @@ from typing import Any
 
 from trainer.errors import ConfigError, Terminated, TrainerError
 from trainer.logs import get_logger
-from trainer.settings import OPTIONS, RUN_ID_PATTERN, load_settings
+from trainer.settings import OPTIONS, load_settings
 
 GRID_VARIABLE = "SWEEP_GRID"
 NAME_VARIABLE = "SWEEP_NAME"
@@ -136,8 +136,12 @@ def run_id_of(sweep: str, index: int) -> str:
 
 
 def check_name(sweep: str, variable: str = NAME_VARIABLE) -> str:
-    """A sweep name that makes valid RUN_IDs `<sweep>-<index>`."""
-    if not RUN_ID_PATTERN.fullmatch(f"{sweep}-0") or ".." in sweep or len(sweep) > 120:
+    """A sweep name that makes valid RUN_IDs `<sweep>-<index>` (RUN_ID's own rules)."""
+    try:
+        valid = len(sweep) <= 120 and load_settings({"RUN_ID": run_id_of(sweep, 0)}).run_id
+    except ConfigError:
+        valid = False
+    if not valid:
         raise ConfigError(f"{variable}={sweep!r} is invalid: use at most 120 characters of a-z, "
                           "0-9, '.', '_' and '-', starting with a letter or digit")
     return sweep

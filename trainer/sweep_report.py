@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import StorageError
+from trainer.files import write_atomic
 from trainer.report import STYLE, format_value, table
-from trainer.settings import MONITORS
-from trainer.storage import Store, write_atomic
+from trainer.storage import Store
 
 HIDDEN_SETTINGS = ("run_id",)  # differs in every run by construction
 
@@ -85,16 +85,19 @@ def _best_row(history: list[dict[str, Any]], monitor: str) -> dict[str, Any] | N
     rows = [row for row in history if isinstance(row.get(monitor), (int, float))]
     if not rows:
         return None
-    pick = max if MONITORS.get(monitor, "max") == "max" else min
+    pick = min if _minimises(monitor) else max
     return pick(rows, key=lambda row: row[monitor])
 
 
 def rank(runs: list[SweepRun]) -> list[SweepRun]:
     """Best first by the first run's MONITOR (max or min), runs without a value last."""
-    mode = MONITORS.get(runs[0].monitor, "max") if runs else "max"
-    sign = -1 if mode == "max" else 1
+    sign = 1 if runs and _minimises(runs[0].monitor) else -1
     return sorted(runs, key=lambda r: (r.best_value is None,
                                        sign * (r.best_value or 0.0), r.index))
+
+
+def _minimises(monitor: str) -> bool:
+    return monitor.endswith("loss")  # MONITOR's rule: losses minimise, accuracies maximise
 
 
 def varying_settings(runs: list[SweepRun]) -> list[str]:
