@@ -6,6 +6,7 @@
     trainer predict RUN_ID image.png
     trainer evaluate RUN_ID ./photos
     trainer report RUN_ID
+    trainer sweep grid.yaml --name lr; trainer runs --sweep lr; trainer report --sweep lr
 
 `train` takes every setting (a flag, else its variable, else the default); the other commands
 take only the few settings they use, so an unrelated bad variable does not stop them.
@@ -93,10 +94,20 @@ def train(**flags: str | None) -> None:
 
 
 @cli.command()
+@click.option("--sweep", default=None,
+              help="Only this sweep's runs (<NAME>-<index>), side by side with their varying "
+              "settings, best first.")
 @_store_options
-def runs(**options: Any) -> None:
+def runs(sweep: str | None, **options: Any) -> None:
     """List runs: id, status, epochs done, best value."""
-    for line in list_runs(_store(options)):
+    store = _store(options)
+    if sweep:
+        from trainer.sweep_report import collect_runs, sweep_lines
+
+        for line in sweep_lines(collect_runs(store, sweep)):
+            click.echo(line)
+        return
+    for line in list_runs(store):
         click.echo(line)
 
 
@@ -153,11 +164,47 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
+@click.option("--sweep", default=None,
+              help="Instead of RUN_ID: one page comparing this sweep's runs, stored as "
+              "<NAME>.html next to them.")
+@click.option("--to", "destination", type=click.Path(dir_okay=False), default=None,
+              help="With --sweep: write the page to this local file instead.")
 @_store_options
-def report(run_id: str, **options: Any) -> None:
-    """Rebuild a run's report.html from its files, in the store."""
+def report(run_id: str | None, sweep: str | None, destination: str | None,
+           **options: Any) -> None:
+    """Rebuild a run's report.html from its files, in the store; or compare a sweep's runs."""
+    if run_id is None:
+        if not sweep:
+            raise click.UsageError("give a RUN_ID, or --sweep NAME")
+        from trainer.sweep import check_name
+        from trainer.sweep_report import write_sweep_report
+
+        click.echo(write_sweep_report(_store(options), check_name(sweep, "--sweep"),
+                                      Path(destination) if destination else None))
+        return
     click.echo(rebuild_report(_store(options), check_run_id(run_id)))
+
+
+@cli.command()
+@click.argument("grid", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", default=None,
+              help="The sweep's name; its runs are <NAME>-<index>. Default: GRID's file name "
+              "without extension.")
+def sweep(grid: str, name: str | None) -> None:
+    """Run every combination of a grid of settings, one after another.
+
+    GRID is a JSON or YAML file that maps setting variables to a list of values (a dimension of
+    the grid) or to one value (the same in every run), e.g. {"BACKBONE": ["VGG16",
+    "MobileNetV2"], "LEARNING_RATE": ["1e-3", "1e-4"], "EPOCHS": 3}. Combination i (in the
+    file's order, the last list varying fastest) runs as RUN_ID <NAME>-<i>; other settings come
+    from the environment. Finished runs are skipped, so running it again continues a sweep.
+    """
+    from trainer.sweep import run_sweep
+
+    settings = load_settings(os.environ)
+    setup_logging(settings.log_level, settings.log_format)
+    run_sweep(grid, name, os.environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
