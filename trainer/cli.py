@@ -28,9 +28,12 @@ from trainer.errors import INTERNAL_ERROR, TrainerError
 from trainer.job import run_job
 from trainer.logs import setup_logging
 from trainer.platforms import failure_file
+from trainer.redaction import redact
 from trainer.runs import fetch_run, list_runs, rebuild_report
 from trainer.settings import OPTIONS, check_run_id, default_of, load_settings
 from trainer.storage import Store, open_store
+from trainer.sweep import check_name, run_sweep, sweep_environ
+from trainer.sweep_report import collect_runs, sweep_lines, write_sweep_report
 
 TERMINATION_LOG = "/dev/termination-log"
 OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
@@ -88,9 +91,11 @@ def cli() -> None:
 @_settings_options
 def train(**flags: str | None) -> None:
     """Run the training job (the container runs the same with `python entrypoint.py`)."""
-    settings = load_settings(os.environ, flags)
+    # A pod of the sweep overlay: its completion index picks its combination of the grid.
+    environ = sweep_environ(os.environ)
+    settings = load_settings(environ, flags)
     setup_logging(settings.log_level, settings.log_format)
-    run_job(settings)
+    run_job(settings, environ)
 
 
 @cli.command()
@@ -102,8 +107,6 @@ def runs(sweep: str | None, **options: Any) -> None:
     """List runs: id, status, epochs done, best value."""
     store = _store(options)
     if sweep:
-        from trainer.sweep_report import collect_runs, sweep_lines
-
         for line in sweep_lines(collect_runs(store, sweep)):
             click.echo(line)
         return
@@ -177,9 +180,6 @@ def report(run_id: str | None, sweep: str | None, destination: str | None,
     if run_id is None:
         if not sweep:
             raise click.UsageError("give a RUN_ID, or --sweep NAME")
-        from trainer.sweep import check_name
-        from trainer.sweep_report import write_sweep_report
-
         click.echo(write_sweep_report(_store(options), check_name(sweep, "--sweep"),
                                       Path(destination) if destination else None))
         return
@@ -200,8 +200,6 @@ def sweep(grid: str, name: str | None) -> None:
     file's order, the last list varying fastest) runs as RUN_ID <NAME>-<i>; other settings come
     from the environment. Finished runs are skipped, so running it again continues a sweep.
     """
-    from trainer.sweep import run_sweep
-
     settings = load_settings(os.environ)
     setup_logging(settings.log_level, settings.log_format)
     run_sweep(grid, name, os.environ)
@@ -230,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int, debug: bool) -> int:
-    line = " ".join(message.split())
+    line = redact(" ".join(message.split()))
     if debug:
         traceback.print_exc()
     logger = logging.getLogger("trainer")

@@ -33,6 +33,7 @@ from trainer.report import build_report
 from trainer.settings import Settings
 from trainer.state import LoopState, save_state
 from trainer.storage import LocalStore, Store
+from trainer.tracking import Tracker
 from trainer.uploader import Uploader
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ Evaluate = Callable[[Path, Path], dict[str, Any]]  # (best.h5, folder) -> metric
 
 class Outputs(Protocol):
     def start(self, config: dict[str, Any], dataset: Dataset) -> None: ...
+    def track(self, tracker: Tracker | None, state: LoopState) -> None: ...
     def resumed(self, state: LoopState, model: keras.Model) -> LoopState: ...
     def epoch_done(self, state: LoopState, improved: bool, model: keras.Model,
                    checkpoint: tf.train.Checkpoint) -> None: ...
@@ -69,6 +71,14 @@ class ChiefOutputs:
         self.fingerprint = fingerprint
         self.scalars = scalars
         self.best_sha256: str | None = None  # of best.h5 as last saved or adopted
+        self.tracker: Tracker | None = None
+
+    def track(self, tracker: Tracker | None, state: LoopState) -> None:
+        """MLflow, when it is set up: the epochs a restarted run had before that MLflow lacks
+        are logged first (each epoch once, whatever the restarts)."""
+        self.tracker = tracker
+        if tracker is not None and state.history:
+            tracker.log_history(state.history)
 
     def start(self, config: dict[str, Any], dataset: Dataset) -> None:
         self.artifacts.write_json("config.json", config)
@@ -102,6 +112,8 @@ class ChiefOutputs:
                    checkpoint: tf.train.Checkpoint) -> None:
         self.artifacts.raise_if_refused()
         self._save_state(checkpoint, state)
+        if self.tracker is not None:
+            self.tracker.log_epoch(state.history[-1])
         if improved:
             self._save_best(model, state)
         save_curves(state.history, state.best_epoch, self.settings.monitor,
@@ -115,6 +127,7 @@ class ChiefOutputs:
         """SIGTERM: the state (unless `saved` already) in the store within the grace period."""
         if not saved:
             self._save_state(checkpoint, state)
+        self._end_tracking("KILLED")
         self.artifacts.finish_uploads(min(self.settings.upload_timeout,
                                           stop.upload_seconds_left()))
 
@@ -126,6 +139,7 @@ class ChiefOutputs:
     def upload_what_was_saved(self, stop: StopRequest) -> None:
         """Whatever else ends the run (a lost peer, a bug), the state saved before it may still
         be uploading: let it finish, so that a restart resumes from it."""
+        self._end_tracking("FAILED")
         try:
             self.artifacts.finish_uploads(self.settings.upload_timeout, stop,
                                           stop.upload_seconds_left())
@@ -148,6 +162,12 @@ class ChiefOutputs:
             "run_id": settings.run_id, **{key: metrics[key] for key in
                                           ("accuracy", "macro_f1", "top5_accuracy")
                                           if key in metrics}})
+        if self.tracker is not None:
+            files = [artifacts.path(name) for name in ("best.h5", "export", "report.html",
+                                                       "curves.png", "metrics.json")]
+            self.tracker.log_final(metrics, [path for path in files if path.exists()])
+            self.tracker.register_model()
+            self._end_tracking("FINISHED")
         artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
         manifest = artifacts.manifest(**summary, epochs_done=len(state.history),
                                       stopped_early=len(state.history) < settings.total_epochs)
@@ -157,10 +177,18 @@ class ChiefOutputs:
 
     def _save_state(self, checkpoint: tf.train.Checkpoint, state: LoopState) -> None:
         """The state, with best.h5's digest unless its own weights are the best (then a restart
-        makes best.h5 again from them, whether or not the upload of best.h5 got through)."""
+        makes best.h5 again from them, whether or not the upload of best.h5 got through), and
+        the MLflow run that a restart goes on logging to."""
         best = None if state.holds_the_best_weights else self.best_sha256
-        save_state(self.state_files, checkpoint, dataclasses.replace(state, best_sha256=best),
+        tracking = self.tracker.mlflow_run_id if self.tracker else state.tracking_run_id
+        save_state(self.state_files, checkpoint,
+                   dataclasses.replace(state, best_sha256=best, tracking_run_id=tracking),
                    self.fingerprint)
+
+    def _end_tracking(self, status: str) -> None:
+        if self.tracker is not None:
+            self.tracker.end(status)
+            self.tracker = None
 
     def _save_best(self, model: keras.Model, state: LoopState) -> None:
         self.artifacts.save_model(model, "best.h5", {**self.metadata, "epoch": state.best_epoch})
@@ -174,6 +202,9 @@ class WorkerOutputs:
     """A worker other than the chief: it trains, and writes nothing."""
 
     def start(self, config: dict[str, Any], dataset: Dataset) -> None:
+        pass
+
+    def track(self, tracker: Tracker | None, state: LoopState) -> None:
         pass
 
     def resumed(self, state: LoopState, model: keras.Model) -> LoopState:

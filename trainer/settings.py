@@ -19,6 +19,7 @@ from trainer.backbones import MIN_IMAGE_SIZE
 from trainer.errors import ConfigError
 from trainer.options import OPTIONS, Option, check_run_id
 from trainer.platforms import resolve_platform
+from trainer.redaction import redact
 
 MONITORS: dict[str, Literal["max", "min"]] = {"val_accuracy": "max", "val_loss": "min",
                                               "accuracy": "max", "loss": "min"}
@@ -97,8 +98,10 @@ class Settings:
         return () if self.augment == "none" else tuple(self.augment.split(","))
 
     def public_dict(self) -> dict[str, Any]:
-        """Every setting, for config.json and logs (none of them holds a secret)."""
-        return dataclasses.asdict(self)
+        """Every setting, for config.json, logs and MLflow: credentials that a URL carries
+        (DATASET_MIRROR, S3_ENDPOINT_URL) hidden."""
+        return {name: redact(value) if isinstance(value, str) else value
+                for name, value in dataclasses.asdict(self).items()}
 
 
 def default_of(option: Option) -> Any:

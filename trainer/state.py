@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from trainer.artifacts import HistoryRow, RunArtifacts
 from trainer.errors import ConfigError
 from trainer.files import sha256_of, write_atomic
+from trainer.keys import local_path
 from trainer.logs import get_logger
 from trainer.settings import Settings
 from trainer.storage import Store, key_in
@@ -183,6 +185,9 @@ def restore_state(store: Store, run_id: str, local_dir: Path, checkpoint: tf.tra
     if states:
         check_fingerprint(run_id, states[0].get("fingerprint", {}), fingerprint)
     for position, entry in enumerate(states):
+        if not re.fullmatch(r"\d{5}-\d{7}", str(entry.get("name"))):
+            log.warning(f"resume state {entry.get('name')!r} is not a state's name; skipped")
+            continue
         problem = _fetch_verified(store, run_id, local_dir, entry)
         if problem is None:
             pointer = local_dir / POINTER
@@ -200,7 +205,7 @@ def _fetch_verified(store: Store, run_id: str, local_dir: Path,
                     entry: dict[str, Any]) -> str | None:
     """Bring a state's files next to the run (a no-op for a local store), checking sha256."""
     for file, digest in entry["files"].items():
-        target = local_dir / file
+        target = local_path(local_dir, file)  # a key read from the store is input
         if store.local_run_dir(run_id) is None and not (
                 target.is_file() and sha256_of(target) == digest):
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import math
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +54,14 @@ from trainer.pipeline import (
     padded_length,
     training_input,
 )
+from trainer.progress import Plan, TrainerStatusReporter
+from trainer.progress_log import RunProgress
 from trainer.recipe import PhasedSchedule, phase_of, set_trainable, stop_early
 from trainer.scalars import ScalarLog
 from trainer.settings import Settings
 from trainer.state import LoopState, fingerprint_of, restore_state
 from trainer.storage import Store
-
-PROGRESS_INTERVAL_SECONDS = 30.0
+from trainer.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class Run:
     steps: int  # per epoch
     outputs: Outputs
     stop: StopRequest  # set by SIGTERM
+    progress: RunProgress
 
 
 def train(settings: Settings, store: Store, dataset: Dataset, weights: str | None,
@@ -141,8 +142,12 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     outputs = _outputs(settings, store, cluster, metadata, fingerprint)
     outputs.start(run_config(settings, {**metadata, **recipe}, replicas, cached, _versions()),
                   cached)
+    evaluation_steps = padded_length(len(cached.val), global_batch) // global_batch
+    reporter = TrainerStatusReporter.from_environ(environ) if cluster.is_chief else None
+    progress = RunProgress(Plan(settings.total_epochs, steps, evaluation_steps), reporter,
+                           settings.run_id)
     run = Run(settings, cluster, loop, checkpoint, cached, image_size, preprocess, steps,
-              outputs, stop)
+              outputs, stop, progress)
 
     # 7. Resume from the newest intact saved state, if any.
     state_store, state_key, state_dir = state_place(settings, store)
@@ -153,12 +158,16 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
                  extra={"run_id": settings.run_id, "resume_epoch": state.epoch + 1,
                         "resume_step": state.step})
         state = outputs.resumed(state, model)
+    if cluster.is_chief:
+        outputs.track(Tracker.open(environ, settings.run_id, state.tracking_run_id,
+                                   params=settings.public_dict(), tags=_tags(environ)), state)
 
     try:
         # 8. Epochs, then 9. the finish: evaluation, report, manifest.
         with peer_loss_is_transient(cluster), out_of_memory_is_a_setting(settings, image_size):
             state = _epochs(run, state)
         where = outputs.finish(state, _evaluator(run), stop)
+        progress.close()
     except (Terminated, StorageError, UploadsUnfinished):
         raise  # the uploads ended the run, or had their time already
     except Exception:
@@ -181,7 +190,7 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
     global_batch = loop.global_batch
     evaluation_fn = evaluation_input(run.dataset.val, run.image_size, run.preprocess,
                                      global_batch)
-    evaluation_steps = padded_length(len(run.dataset.val), global_batch) // global_batch
+    evaluation_steps = run.progress.plan.evaluation_steps
     stop_requested = _stop_requested(run)
     phase = None
     first_epoch = state.epoch + 1
@@ -202,7 +211,7 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
                                      global_batch, settings.seed, epoch, skip_steps=state.step,
                                      augment=settings.augmentations)
         metrics = loop.train_epoch(training_fn, run.steps,
-                                   _progress_logger(epoch, first=epoch == first_epoch),
+                                   run.progress.steps(epoch, first=epoch == first_epoch),
                                    stop_requested, start_step=state.step, partial=state.partial)
         if not metrics.completed and not metrics.diverged:
             state = state.mid_epoch(metrics.steps_done, metrics.totals)
@@ -221,7 +230,8 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
             raise diverged(settings, epoch)
         state, improved = state.after_epoch(row, settings.monitor, settings.monitor_mode)
         log.info(f"epoch {epoch}/{settings.total_epochs}", extra={
-            "run_id": settings.run_id, **row, "best_epoch": state.best_epoch})
+            "run_id": settings.run_id, **row, "best_epoch": state.best_epoch,
+            **run.progress.epoch_done(row)})
         run.outputs.epoch_done(state, improved, loop.model, run.checkpoint)
         if epoch < settings.total_epochs and stop_requested():
             raise _save_and_stop(run, state, f"the end of epoch {epoch}", saved=True)
@@ -273,23 +283,9 @@ def _outputs(settings: Settings, store: Store, cluster: Cluster, metadata: dict[
     return ChiefOutputs(artifacts, state_files, settings, metadata, fingerprint, scalars)
 
 
-def _progress_logger(epoch: int, first: bool = False) -> Callable[[int, int], None]:
-    """A progress line every PROGRESS_INTERVAL_SECONDS; with `first`, one after the first call
-    of steps too (the time to it is what a user waits before the accelerator works)."""
-    log = get_logger()
-    last = time.monotonic()
-    announced = not first
-
-    def report(done: int, steps: int) -> None:
-        nonlocal last, announced
-        if not announced:
-            announced = True
-            log.info("first training steps done", extra={"epoch": epoch, "step": done})
-        if time.monotonic() - last >= PROGRESS_INTERVAL_SECONDS and done < steps:
-            last = time.monotonic()
-            log.info(f"epoch {epoch}: step {done}/{steps}", extra={"epoch": epoch, "step": done})
-
-    return report
+def _tags(environ: dict[str, str]) -> dict[str, str]:
+    """MLflow tags beside the run id: the image, where the manifests or the user name it."""
+    return {"image": environ["IMAGE"]} if environ.get("IMAGE") else {}
 
 
 def _versions() -> dict[str, str]:
