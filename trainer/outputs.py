@@ -96,6 +96,10 @@ class ChiefOutputs:
         if not state.history:
             return state
         self.artifacts.write_history(state.history)
+        # The earlier attempts' TensorBoard event files stay part of the run (each attempt
+        # writes files of its own).
+        for key in self.artifacts.store.list_keys(self.artifacts.key("tensorboard/")):
+            self.artifacts.adopt(key.removeprefix(self.artifacts.key("")), None)
         if state.holds_the_best_weights:
             self._save_best(model, state)
         elif self.artifacts.adopt("best.h5", state.best_sha256):
