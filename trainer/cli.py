@@ -118,6 +118,46 @@ def evaluate(model: str, dataset: str, destination: str, split: str, artifact_ur
                f"metrics.json, confusion.png and errors.png in {destination}")
 
 
+@cli.command("export")
+@click.argument("model")
+@click.option("--format", "formats", envvar="EXPORT", show_envvar=True, default="savedmodel",
+              show_default=True, help="none, or a comma list of savedmodel, onnx, litert.")
+@click.option("--to", "destination", type=click.Path(file_okay=False), default=None,
+              help="Folder for the exports.  [default: export/ beside MODEL.h5, or RUN_ID/export]")
+@click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
+              show_default=True, help="Where runs are stored, when MODEL is a run id.")
+def export_command(model: str, formats: str, destination: str | None, artifact_uri: str) -> int:
+    """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
+    differs)."""
+    _configure(load_settings({"LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}))
+    from trainer.errors import ConfigError
+    from trainer.export import check_export_runtimes, export_model, parse_formats
+    from trainer.predict import resolve_model
+
+    chosen = parse_formats(formats, "--format")
+    check_export_runtimes(chosen)
+    is_file = model.endswith(".h5") or Path(model).is_file()
+    path = resolve_model(model if is_file else _checked_run_id(model), _store(artifact_uri))
+    if path.suffix != ".h5":
+        raise ConfigError(f"MODEL {model} is not an .h5 file or a run id")
+    name = model if not is_file else (path.parent.name if path.stem == "best" else path.stem)
+    out = Path(destination) if destination else (
+        path.parent / "export" if is_file else Path(model) / "export")
+    results = export_model(path, out, chosen, name="".join(
+        c if c.isalnum() or c in "._-" else "_" for c in name) or "classifier")
+    click.echo(f"exports of {model} in {out}")
+    for kind, result in results.items():
+        difference = result["max_abs_difference"]
+        shown = "-" if difference is None else f"{difference:.2g}"
+        click.echo(f"{kind:<11} {result['status']:<7} max abs difference {shown:<8} "
+                   + (result.get("error") or " ".join(str(out / f) for f in result["files"]
+                                                      if f.endswith(_MAIN_FILES))))
+    return 0 if all(r["status"] == "ok" for r in results.values()) else INTERNAL_ERROR
+
+
+_MAIN_FILES = ("saved_model.pb", "model.onnx", "config.pbtxt", "model.tflite")
+
+
 @cli.command()
 @click.argument("run_id")
 @click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
