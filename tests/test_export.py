@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, DataError
 
 CLASSES = ["cat", "dog", "eel"]
 SIZE = 32
@@ -51,9 +51,18 @@ def save_best_h5(folder: Path, policy: str = "float32", seed: int = 0) -> Path:
         model = build_model("VGG16", "avg", SIZE, len(CLASSES), None)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    # A decisive head, so that the top class depends on the image.
+    # A head whose logits vary from image to image by about 2 (around a mean of 0), so that
+    # the top class depends on the image and no probability saturates at 0 or 1.
+    from trainer.backbones import preprocess_function
+
     head = model.get_layer("predictions")
-    head.kernel.assign(np.random.default_rng(seed).normal(0, 3.0, head.kernel.shape))
+    features = keras.Model(model.input, head.input)(
+        preprocess_function("VGG16")(natural_images(32, SIZE, SIZE, seed + 100)
+                                     .astype(np.float32))).numpy().astype(np.float64)
+    kernel = np.random.default_rng(seed).normal(0, 1, head.kernel.shape)
+    kernel *= 2 / max(((features - features.mean(axis=0)) @ kernel).std(), 1e-6)
+    head.kernel.assign(kernel.astype(np.float32))
+    head.bias.assign((-features.mean(axis=0) @ kernel).astype(np.float32))
     artifacts = RunArtifacts(LocalStore(str(folder / "store")), "run", folder / "run")
     artifacts.save_model(model, "best.h5", {
         "class_names": CLASSES, "image_size": SIZE, "backbone": "VGG16",
@@ -318,3 +327,22 @@ def test_a_missing_runtime_is_a_configuration_error(monkeypatch: pytest.MonkeyPa
     check_export_runtimes(["savedmodel", "litert"])
     assert main(["export", "some-run", "--format", "onnx"]) == 2
     assert "onnxruntime" in capsys.readouterr().err
+
+
+def test_decoding_gives_8_bit_rgb_whatever_the_file(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from trainer import images
+
+    rgb = natural_images(1, 9, 7, seed=8)[0]
+    gray = rgb[..., :1]
+    rgba = np.concatenate([rgb, np.full((9, 7, 1), 128, np.uint8)], axis=-1)
+    for encoded, expected in (
+            # 16-bit: the high byte, whatever the low one (scaled down, not clipped to 255)
+            (tf.io.encode_png(rgb.astype(np.uint16) * 256 + rgb[::-1, ::-1]), rgb),
+            (tf.io.encode_png(gray), np.repeat(gray, 3, axis=-1)),
+            (tf.io.encode_png(rgba), rgb)):
+        np.testing.assert_array_equal(images.decode(encoded).numpy(), expected)
+    (tmp_path / "not-an-image.png").write_bytes(b"text")
+    with pytest.raises(DataError, match="not-an-image.png is not a readable"):
+        images.read(tmp_path / "not-an-image.png")

@@ -136,7 +136,7 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     source = _source(Path(model_h5))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / LABELS).write_text("".join(f"{n}\n" for n in source.class_names), "utf-8")
-    if reference_images is None:
+    if reference_images is None or len(reference_images) == 0:
         reference_images = np.random.default_rng(0).integers(
             0, 256, (16, source.image_size, source.image_size, 3), dtype=np.uint8)
     batch = images.batch(list(reference_images)[:MAX_REFERENCE_IMAGES], source.image_size)
@@ -150,6 +150,7 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
                 written[kind] = WRITERS[kind](source, out_dir, name)
                 results[kind] = {"status": "ok", "max_abs_difference": None}
             except Exception as error:  # noqa: BLE001 - a converter that fails fails its format
+                get_logger().debug(f"the {kind} export raised", exc_info=True)
                 _remove(kind, out_dir, name)
                 results[kind] = {"status": "failed", "max_abs_difference": None,
                                  "error": f"{type(error).__name__}: {_line(str(error))}"}
