@@ -179,6 +179,10 @@ def test_export_results_and_files(exported: dict) -> None:
         "triton/tiny/1/model.onnx", "triton/tiny/labels.txt"}
     assert results["litert"]["files"] == ["labels.txt", "litert/model.tflite"]
     assert (out / "labels.txt").read_text().splitlines() == CLASSES
+    # Each weight stored once: no export much larger than best.h5 itself.
+    for name in ("savedmodel", "onnx", "litert"):
+        size = sum(path.stat().st_size for path in (out / name).rglob("*") if path.is_file())
+        assert size < 1.1 * exported["h5"].stat().st_size, name
     assert (out / "savedmodel/1/assets/labels.txt").read_text().splitlines() == CLASSES
 
 

@@ -69,8 +69,9 @@ def write_savedmodel(source: ServingModel, out_dir: Path, name: str) -> Path:
                                                                          tf.uint8))
         return outputs(batch)
 
+    # The variables the endpoints use are tracked by themselves; tracking the model as well
+    # would store every weight twice (a SavedModel twice the size of best.h5).
     archive = keras.export.ExportArchive()
-    archive.track(source.model)
     archive.track(names)
     archive.add_endpoint("serving_default", lambda batch: outputs(images.resize(batch, size)),
                          [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
@@ -144,7 +145,6 @@ def write_litert(source: ServingModel, out_dir: Path, name: str) -> Path:
 
     probabilities = predictor(source)
     archive = keras.export.ExportArchive()
-    archive.track(source.model)
     archive.add_endpoint("serving_default",
                          lambda images: {"probabilities": probabilities(images)},
                          [_fixed_signature(source)])
