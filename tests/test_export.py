@@ -273,7 +273,7 @@ def test_a_bfloat16_trained_model_exports_in_float32(tmp_path: Path) -> None:
     assert types_pb2.DT_BFLOAT16 not in types and types_pb2.DT_FLOAT in types
 
 
-def test_a_conversion_that_changes_the_numbers_fails_its_format_without_raising(
+def test_a_conversion_that_fails_or_changes_the_numbers_fails_its_format_only(
         exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from trainer import converters, export
     from trainer.converters import ServingModel
@@ -284,13 +284,19 @@ def test_a_conversion_that_changes_the_numbers_fails_its_format_without_raising(
                                lambda batch: source.preprocess(batch * 0.9))
         return converters.write_litert(changed, out_dir, name)
 
+    def unsupported_onnx(source: ServingModel, out_dir: Path, name: str) -> Path:
+        (out_dir / "onnx").mkdir()
+        (out_dir / "onnx" / "model.onnx").write_bytes(b"half-written")
+        raise ValueError("Unsupported ops: ImageProjectiveTransformV3")  # as tf2onnx says
+
     monkeypatch.setitem(export.WRITERS, "litert", shifted_litert)
+    monkeypatch.setitem(export.WRITERS, "onnx", unsupported_onnx)
     warnings: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = warnings.append  # type: ignore[method-assign]
     logging.getLogger("trainer").addHandler(handler)
     try:
-        results = export.export_model(exported["h5"], tmp_path, ["litert"],
+        results = export.export_model(exported["h5"], tmp_path, ["onnx", "litert"],
                                       reference_images=natural_images(4, SIZE, SIZE, seed=7))
     finally:
         logging.getLogger("trainer").removeHandler(handler)
@@ -298,7 +304,13 @@ def test_a_conversion_that_changes_the_numbers_fails_its_format_without_raising(
     assert litert["status"] == "failed" and litert["max_abs_difference"] > 1e-3
     assert "differs from best.h5" in litert["error"]
     assert litert["files"] == ["labels.txt", "litert/model.tflite"]
-    assert any("litert export failed" in r.getMessage() for r in warnings)
+    assert results["onnx"] == {"status": "failed", "max_abs_difference": None,
+                               "error": "ValueError: Unsupported ops: ImageProjectiveTransformV3",
+                               "seconds": results["onnx"]["seconds"], "files": []}
+    assert not (tmp_path / "onnx").exists()
+    logged = [r.getMessage() for r in warnings]
+    assert any("litert export failed" in m for m in logged)
+    assert any("onnx export failed" in m for m in logged)
 
 
 def test_trainer_export_command(exported: dict, tmp_path: Path,
@@ -311,6 +323,21 @@ def test_trainer_export_command(exported: dict, tmp_path: Path,
     assert f"in {tmp_path / 'out'}" in printed
     assert re.search(r"^litert\s+ok\s+max abs difference \S+\s+.*model\.tflite$", printed, re.M)
     assert (tmp_path / "out" / "litert" / "model.tflite").is_file()
+    # A run id: its best.h5 fetched (verified) from the store, as `trainer fetch` does.
+    from trainer.artifacts import RunArtifacts
+    from trainer.storage import LocalStore
+
+    store = exported["root"] / "store"
+    artifacts = RunArtifacts(LocalStore(str(store)), "run", exported["h5"].parent)
+    artifacts.adopt("best.h5")
+    artifacts.write_json("config.json", {})
+    artifacts.write_json("history.json", [])
+    artifacts.write_json("manifest.json", artifacts.manifest(status="finished"))
+    assert main(["export", "run", "--format", "savedmodel", "--to", str(tmp_path / "run"),
+                 "--artifact-uri", str(store)]) == 0
+    assert re.search(r"^savedmodel\s+ok\s+", capsys.readouterr().out, re.M)
+    assert (tmp_path / "run" / "savedmodel" / "1" / "saved_model.pb").is_file()
+
     assert main(["export", str(exported["out"] / "onnx" / "model.onnx")]) == 2
     assert "not an .h5 file or a run id" in capsys.readouterr().err
     assert main(["export", str(exported["h5"]), "--format", "tflite"]) == 2
