@@ -149,13 +149,13 @@ def export_command(model: str, formats: str, destination: str | None, artifact_u
     for kind, result in results.items():
         difference = result["max_abs_difference"]
         shown = "-" if difference is None else f"{difference:.2g}"
+        places = [str(out / Path(f).parent) if f.endswith(("saved_model.pb", "config.pbtxt"))
+                  else str(out / f) for f in result["files"]
+                  if f.endswith(("saved_model.pb", "config.pbtxt", "model.tflite"))
+                  or f.startswith("onnx/")]
         click.echo(f"{kind:<11} {result['status']:<7} max abs difference {shown:<8} "
-                   + (result.get("error") or " ".join(str(out / f) for f in result["files"]
-                                                      if f.endswith(_MAIN_FILES))))
+                   + (result.get("error") or " ".join(places)))
     return 0 if all(r["status"] == "ok" for r in results.values()) else INTERNAL_ERROR
-
-
-_MAIN_FILES = ("saved_model.pb", "model.onnx", "config.pbtxt", "model.tflite")
 
 
 @cli.command()

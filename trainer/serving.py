@@ -14,11 +14,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 FORMATS = ("savedmodel", "onnx", "litert")
 LABELS = "labels.txt"
+CHUNK = 16
 
 
 class Exported:
@@ -127,22 +129,31 @@ def largest_difference(actual: np.ndarray, expected: np.ndarray) -> float | None
     return float(np.max(np.abs(actual - expected))) if actual.size else 0.0
 
 
+def _chunked(predict: Any, inputs: Any) -> dict[str, np.ndarray]:
+    """`predict` over `inputs` in batches of CHUNK, so a large model's check fits in memory."""
+    parts = [predict(inputs[i:i + CHUNK]) for i in range(0, len(inputs), CHUNK)]
+    parts = [part if isinstance(part, dict) else {"probabilities": part} for part in parts]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
 def check(kind: str, path: Path, data: dict[str, np.ndarray]) -> dict[str, float | None]:
     """Each input of `data` (see trainer.export) through the export, as the largest
     difference from best.h5's probabilities."""
     exported = open_export(kind, path)
     expected = data["expected"].astype(np.float64)
     if not isinstance(exported, SavedModel):
-        return {"images": largest_difference(exported.predict(data["images"]), expected)}
-    outputs = exported.outputs(data["images"])
-    differences = {"images": largest_difference(outputs["probabilities"], expected),
-                   "other_size": largest_difference(exported.predict(data["other"]),
-                                                    data["expected_other"])}
+        probabilities = _chunked(exported.predict, data["images"])["probabilities"]
+        return {"images": largest_difference(probabilities, expected)}
     offsets = data["encoded_offsets"]
     encoded = [data["encoded"][start:end].tobytes()
                for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
-    differences["image_bytes"] = largest_difference(
-        exported.outputs_of_bytes(encoded)["probabilities"], expected)
+    outputs = _chunked(exported.outputs, data["images"])
+    differences = {
+        "images": largest_difference(outputs["probabilities"], expected),
+        "other_size": largest_difference(
+            _chunked(exported.predict, data["other"])["probabilities"], data["expected_other"]),
+        "image_bytes": largest_difference(
+            _chunked(exported.outputs_of_bytes, encoded)["probabilities"], expected)}
     # `classes` must name the top probability, by the class names inside the SavedModel.
     named = [exported.class_names[i] for i in outputs["probabilities"].argmax(axis=1)]
     if [name.decode() for name in outputs["classes"]] != named:
