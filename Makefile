@@ -27,11 +27,13 @@ s3-local: $(STAMP)
 	RCLONE_CONFIG=/nonexistent $(BIN)/rclone serve s3 --addr 127.0.0.1:$(S3_LOCAL_PORT) \
 		--auth-key trainer,trainer-secret s3-data
 
+# ruff, then mypy over trainer/ (untyped function bodies checked too).
 lint: $(STAMP)
 	$(BIN)/ruff check trainer tests bench entrypoint.py
+	$(BIN)/mypy
 
-test: $(STAMP)
-	$(BIN)/ruff check trainer tests bench entrypoint.py
+# The lint, then every test (two pytest-xdist workers; see tests/conftest.py).
+test: lint
 	$(BIN)/python -m pytest
 
 # Builds the Dockerfile with buildah and runs a tiny job in it against S3 on loopback (root).

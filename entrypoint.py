@@ -11,4 +11,4 @@ import sys
 from trainer.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main(["train", *sys.argv[1 + (sys.argv[1:2] == ["train"]):]]))  # SageMaker: train

@@ -25,7 +25,7 @@ GPU_NAME="$gpu" PEAK="$peak" BATCH_SIZE="$BATCH_SIZE" STEPS="$STEPS" TF_CPP_MIN_
 "$PYTHON" - <<'PY'
 import os, time
 import keras, tensorflow as tf
-from trainer.backbones import build_model
+from trainer.model import build_model
 from trainer.distribution import make_strategy
 from trainer.loop import Loop
 

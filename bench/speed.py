@@ -21,9 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.backbones import build_model, preprocess_function
 from trainer.data import load_dataset
 from trainer.loop import Loop
+from trainer.model import build_model, preprocess_function
 from trainer.pipeline import batch_preprocessor, evaluation_input, padded_length, training_input
 
 ROUNDS = 3
@@ -73,7 +73,7 @@ def tutorial(backbone: str, size: int, batch: int, epochs: int) -> dict:
         _, accuracy = loop.evaluate(evaluation, evaluation_steps)
         ours.append({"epoch": epoch, "val_accuracy": accuracy,
                      "elapsed": time.perf_counter() - started,
-                     "images_per_second": metrics.images / metrics.seconds})
+                     "images_per_second": metrics.totals.images / metrics.totals.seconds})
 
     # The tutorial: every image resized and preprocessed up front into one float32 array.
     keras.utils.set_random_seed(0)

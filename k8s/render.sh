@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Renders an overlay with kubectl's kustomize, with the image, the run's name and a Kueue queue
-# set on top, without editing the overlay (a wrapper kustomization in a temporary folder):
+# Renders an overlay with kubectl's kustomize, with the image, the run's name and Kueue's queue
+# and priority set on top, without editing the overlay (a wrapper kustomization in a temporary
+# folder):
 #   k8s/render.sh OVERLAY                       # as committed
-#   IMAGE=my.registry/trainer:0.2 RUN_ID=resnet50-cifar10-1 QUEUE=team-a k8s/render.sh single-gpu
-# RUN_ID becomes the Job's name, which the pods read back as RUN_ID (lower-case letters, digits
-# and '-', at most 63 characters). The multi-node Service keeps its name, so the pods' subdomain
-# and WORKER_SERVICE stay right.
+#   IMAGE=my.registry/trainer:0.2 RUN_ID=resnet50-cifar10-1 QUEUE=team-a PRIORITY=high \
+#     k8s/render.sh single-gpu
+# RUN_ID becomes the name of the workload (the Job, JobSet or TrainJob), which the pods read back
+# as RUN_ID: lower-case letters, digits and '-', at most 63 characters; for a JobSet or TrainJob,
+# whose pod names add to it, starting with a letter and at most 45. The multi-node Service keeps
+# its name, so the pods' subdomain and WORKER_SERVICE stay right. QUEUE and PRIORITY label the
+# workload for Kueue: kueue.x-k8s.io/queue-name (a LocalQueue) and
+# kueue.x-k8s.io/priority-class (a WorkloadPriorityClass).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 overlays=("$here"/overlays/*/)
@@ -36,21 +41,32 @@ trap 'rm -rf "$work"' EXIT
     [[ -n "$tag" ]] && echo "    newTag: \"$tag\""
     [[ -n "$digest" ]] && echo "    digest: \"$digest\""
   fi
-  if [[ -n "${RUN_ID:-}" || -n "${QUEUE:-}" ]]; then
+  if [[ -n "${RUN_ID:-}" || -n "${QUEUE:-}" || -n "${PRIORITY:-}" ]]; then
     echo "patches:"
     echo "  - target:"
-    echo "      kind: Job"
+    echo "      kind: ^(Job|JobSet|TrainJob)$"
     echo "    patch: |-"
     if [[ -n "${RUN_ID:-}" ]]; then
-      if ! [[ "$RUN_ID" =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]]; then
-        echo "RUN_ID=$RUN_ID: give lower-case letters, digits and '-' (a Job name), at most 63" >&2
+      if grep -rqE '^kind: (JobSet|TrainJob)$' "$here/overlays/$overlay"; then
+        pattern='^[a-z]([a-z0-9-]{0,43}[a-z0-9])?$' limit="a letter first, at most 45"
+      else
+        pattern='^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' limit="at most 63"
+      fi
+      if ! [[ "$RUN_ID" =~ $pattern ]]; then
+        echo "RUN_ID=$RUN_ID: give lower-case letters, digits and '-' ($limit) for $overlay" >&2
         exit 2
       fi
       echo "      - {op: replace, path: /metadata/name, value: \"$RUN_ID\"}"
     fi
-    if [[ -n "${QUEUE:-}" ]]; then
-      echo "      - {op: add, path: /metadata/labels/kueue.x-k8s.io~1queue-name, value: \"$QUEUE\"}"
-    fi
+    for setting in QUEUE=queue-name PRIORITY=priority-class; do
+      variable=${setting%%=*} value=${!variable:-}
+      [[ -n "$value" ]] || continue
+      if ! [[ "$value" =~ ^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$ ]]; then
+        echo "$variable=$value: give a Kueue object's name (lower-case letters, digits, '-', '.')" >&2
+        exit 2
+      fi
+      echo "      - {op: add, path: /metadata/labels/kueue.x-k8s.io~1${setting#*=}, value: \"$value\"}"
+    done
   fi
 } >"$work/kustomization.yaml"
 "$KUBECTL" kustomize "$work"

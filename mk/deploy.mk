@@ -2,7 +2,7 @@
 # "Docker" and "Kubernetes" sections walk through them.
 #   make image IMAGE=my.registry/trainer:0.1.0 [BAKE_WEIGHTS="ResNet50 MobileNetV2"]
 #   make docker-run ENV_FILE=trainer.env
-#   make k8s-apply OVERLAY=single-gpu IMAGE=... RUN_ID=resnet50-cifar10-1 [QUEUE=...]
+#   make k8s-apply OVERLAY=single-gpu IMAGE=... RUN_ID=resnet50-cifar10-1 [QUEUE=... PRIORITY=...]
 IMAGE ?= registry.example.com/trainer:0.1.0
 DOCKER ?= docker
 KUBECTL ?= kubectl
@@ -14,18 +14,21 @@ BAKE_WEIGHTS ?=
 ENV_FILE ?= trainer.env
 RUNS_DIR ?= $(CURDIR)/runs
 KERAS_CACHE ?= $(HOME)/.keras
-# Kubernetes: the overlay, the run (the Job's name), an optional Kueue queue and a namespace.
+# Kubernetes: the overlay, the run (the Job's, JobSet's or TrainJob's name), an optional Kueue
+# queue (a LocalQueue) and priority (a WorkloadPriorityClass), and a namespace.
 OVERLAY ?= single-gpu
 RUN_ID ?=
 QUEUE ?=
+PRIORITY ?=
 NAMESPACE ?=
 
 build_args = $(foreach a,BASE_IMAGE TF_PACKAGE BAKE_WEIGHTS,$(if $($(a)),--build-arg $(a)="$($(a))"))
 namespace = $(if $(NAMESPACE),--namespace $(NAMESPACE))
-render = IMAGE="$(IMAGE)" RUN_ID="$(RUN_ID)" QUEUE="$(QUEUE)" KUBECTL="$(KUBECTL)" \
-	k8s/render.sh $(OVERLAY)
-# The Job's name: RUN_ID, else the overlay's (trainer-<overlay>).
+render = IMAGE="$(IMAGE)" RUN_ID="$(RUN_ID)" QUEUE="$(QUEUE)" PRIORITY="$(PRIORITY)" \
+	KUBECTL="$(KUBECTL)" k8s/render.sh $(OVERLAY)
+# The workload's name: RUN_ID, else the overlay's (trainer-<overlay>); the label on its pods.
 job = $(or $(RUN_ID),trainer-$(OVERLAY))
+pods = $(if $(filter jobset trainjob,$(OVERLAY)),jobset.sigs.k8s.io/jobset-name,batch.kubernetes.io/job-name)=$(job)
 
 .PHONY: image push docker-run k8s-render k8s-apply k8s-logs fetch
 
@@ -51,10 +54,11 @@ k8s-render:
 k8s-apply:
 	$(render) | $(KUBECTL) apply $(namespace) -f -
 
-# Follows every pod of the run (all workers of a multi-node Job), each line prefixed by its pod.
+# Follows every pod of the run (all workers of a multi-node Job, JobSet or TrainJob), each line
+# prefixed by its pod.
 k8s-logs:
 	$(KUBECTL) logs $(namespace) --follow --prefix --all-containers --max-log-requests 16 \
-		--selector batch.kubernetes.io/job-name=$(job)
+		--selector $(pods)
 
 fetch: $(STAMP)
 	@test -n "$(RUN_ID)" || { echo "usage: make fetch RUN_ID=<run> [ARTIFACT_URI=s3://...] [TO=models]"; exit 2; }

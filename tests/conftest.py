@@ -7,11 +7,13 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -49,6 +51,63 @@ def run_entrypoint(env: dict[str, str], *args: str, timeout: float = 600,
                    cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ENTRYPOINT), *args], env=env, cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# Processes a test started; whatever is still running when it ends (it failed) is killed, so that
+# no TensorFlow is left eating the cores of the tests after it.
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_what_the_test_started() -> Iterator[None]:
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+class Job:
+    """The entrypoint as a subprocess whose log lines the test reads as they come."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen([sys.executable, "entrypoint.py"], env=env, cwd=REPO,
+                                        text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        STARTED.append(self.process)
+        self.lines: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+
+    def wait_for(self, message: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(r["message"].startswith(message) for r in self.lines):
+            assert self.process.poll() is None, (message, self.process.stderr.read()[-2000:])
+            assert time.monotonic() < deadline, f"no {message!r} within {timeout} s"
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code, self.process.stderr.read()
+
+    def resumed(self) -> tuple[int, int]:
+        row = next(r for r in self.lines if r["message"].startswith("resuming after"))
+        return row["resume_epoch"], row["resume_step"]
+
+    def field(self, name: str) -> object:
+        """The value of `name` in the first log line that has it."""
+        return next(r[name] for r in self.lines if name in r)
+
+    def trained_epochs(self) -> list[int]:
+        return [r["epoch"] for r in self.lines
+                if r["message"].startswith("epoch ") and "val_loss" in r]
 
 
 def json_lines(stdout: str) -> list[dict]:
@@ -208,28 +267,12 @@ class RunStore:
     keys: Callable[[str], dict[str, str]]  # key under a prefix -> a version tag that changes
 
 
-@pytest.fixture(params=["local", "s3"])
-def run_store(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:
-    if request.param == "local":
-        root = tmp_path / "runs"
-
-        def read(key: str) -> bytes:
-            try:
-                return (root / key).read_bytes()
-            except FileNotFoundError:
-                raise KeyError(key) from None
-
-        def write(key: str, data: bytes) -> None:
-            (root / key).write_bytes(data)
-
-        def keys(prefix: str) -> dict[str, str]:
-            return {str(p.relative_to(root)): str(p.stat().st_mtime_ns)
-                    for p in (root / prefix).rglob("*") if p.is_file()}
-
-        return RunStore("local", {"ARTIFACT_URI": str(root)}, read, write,
-                        lambda key: (root / key).unlink(), keys)
+@pytest.fixture()
+def run_store(tmp_path: Path) -> Iterator[RunStore]:
+    """Runs in a bucket of an rclone S3 server of the test's own, which the heavy resume and
+    multi-worker scenarios use: one run against S3 covers the uploads and the read-back that a
+    local folder would skip (a local ARTIFACT_URI is the finished_run fixture's)."""
     server = S3Server("rclone", tmp_path / "s3").start()
-    request.addfinalizer(server.stop)
     bucket, client = server.new_bucket(), server.client()
 
     def read_object(key: str) -> bytes:
@@ -244,10 +287,11 @@ def run_store(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:
         return {o["Key"][len("runs/"):]: f"{o['ETag']} {o['LastModified']}"
                 for page in pages for o in page.get("Contents", [])}
 
-    return RunStore(
+    yield RunStore(
         "s3", {**server.env(), "ARTIFACT_URI": f"s3://{bucket}/runs"}, read_object,
         lambda key, data: client.put_object(Bucket=bucket, Key=f"runs/{key}", Body=data),
         lambda key: client.delete_object(Bucket=bucket, Key=f"runs/{key}"), list_objects)
+    server.stop()
 
 
 def history_epochs(store: RunStore, run_id: str) -> int:
@@ -257,7 +301,7 @@ def history_epochs(store: RunStore, run_id: str) -> int:
         return 0
 
 
-def check_finished_run(store: RunStore, run_id: str, env: dict[str, str], tiny_npz: Path,
+def check_finished_run(store: RunStore, run_id: str, scratch: Path, tiny_npz: Path,
                        epochs: int) -> None:
     """The run finished with every epoch once, its manifest matches the store, and best.h5 is
     the best epoch's model."""
@@ -271,10 +315,10 @@ def check_finished_run(store: RunStore, run_id: str, env: dict[str, str], tiny_n
     assert (manifest["best_epoch"], manifest["epochs_done"]) == (best["epoch"], epochs)
     for name, entry in manifest["artifacts"].items():
         assert hashlib.sha256(read(name)).hexdigest() == entry["sha256"], name
-    model = Path(env["WORK_DIR"]) / "check.h5"
+    model = scratch / f"{run_id}-best.h5"
     model.parent.mkdir(parents=True, exist_ok=True)
     model.write_bytes(read("best.h5"))
-    assert score_model(model, tiny_npz, env)["accuracy"] == pytest.approx(
+    assert score_model(model, tiny_npz)["accuracy"] == pytest.approx(
         best["val_accuracy"], abs=1e-6)
 
 
@@ -301,26 +345,48 @@ def write_tfrecords(folder: Path, images: list[np.ndarray], labels: list[int]) -
     return folder
 
 
-LOAD_AND_SCORE = """
-import json, sys
-import numpy as np, keras, tensorflow as tf
-from trainer.data import load_dataset
-model = keras.models.load_model(sys.argv[1])
-data = load_dataset(sys.argv[2], validation_split=float(sys.argv[3]), seed=0)
-x = tf.image.grayscale_to_rgb(tf.cast(data.val.images, tf.float32)[..., None])
-x = keras.applications.vgg16.preprocess_input(tf.image.resize(x, (32, 32)))
-predicted = np.argmax(model.predict(x, verbose=0), axis=1)
-print(json.dumps({"accuracy": float(np.mean(predicted == data.val.labels)),
-                  "dtype": str(model.output.dtype)}))
-"""
+def score_model(model: Path, npz: Path, validation_split: float = 0.25) -> dict:
+    """A VGG16 tiny-job model loaded with plain Keras (no custom objects), scored on the
+    held-out split of `npz` with the training preprocessing."""
+    import keras
+    import tensorflow as tf
+
+    from trainer.data import load_dataset
+
+    loaded = keras.models.load_model(model, compile=False)
+    data = load_dataset(str(npz), validation_split=validation_split, seed=0)
+    x = tf.image.grayscale_to_rgb(tf.cast(data.val.images, tf.float32)[..., None])
+    x = keras.applications.vgg16.preprocess_input(tf.image.resize(x, (32, 32)))
+    predicted = np.argmax(loaded.predict(x, verbose=0), axis=1)
+    return {"accuracy": float(np.mean(predicted == data.val.labels)),
+            "dtype": str(loaded.output.dtype)}
 
 
-def score_model(model: Path, npz: Path, env: dict[str, str], validation_split: float = 0.25
-                ) -> dict:
-    """A VGG16 tiny-job model loaded in a fresh process with plain Keras, scored on the held-out
-    split of `npz`."""
-    result = subprocess.run([sys.executable, "-c", LOAD_AND_SCORE, str(model), str(npz),
-                             str(validation_split)], capture_output=True, text=True,
-                            timeout=300, env=env)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])
+# --- Fault injection (tests/faults.py): a TCP proxy between a client and an S3 server ---------
+# Added for issue 12 (the S3 fault tests); self-contained so that it merges with other edits.
+if TYPE_CHECKING:
+    from faults import FaultProxy
+
+
+@pytest.fixture()
+def fault_proxies() -> Iterator[Callable[[str], FaultProxy]]:
+    """Proxies in front of any server (`fault_proxies(server.endpoint)`), all closed after the
+    test, which fails if one left a thread running."""
+    from faults import FaultProxy
+
+    made: list[FaultProxy] = []
+
+    def make(endpoint: str) -> FaultProxy:
+        made.append(FaultProxy(endpoint))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+    assert not [t for p in made for t in p.threads()], "a proxy thread outlived its test"
+
+
+@pytest.fixture()
+def fault_proxy(s3_server: S3Server, fault_proxies: Callable[[str], FaultProxy]) -> FaultProxy:
+    """A proxy in front of this session's S3 server (rclone or moto), in `pass` mode."""
+    return fault_proxies(s3_server.endpoint)

@@ -8,14 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from trainer.backbones import (
-    MIN_IMAGE_SIZE,
-    build_model,
-    canonical_name,
-    preprocess_function,
-    preprocessing_name,
-)
+from trainer.backbones import MIN_IMAGE_SIZE, canonical_name
 from trainer.errors import DataError
+from trainer.model import build_model, link_baked_weights, preprocess_function, preprocessing_name
 
 
 def test_table_lists_exactly_the_installed_keras_applications() -> None:
@@ -69,8 +64,6 @@ def test_a_weights_file_of_another_backbone_is_a_data_error(tmp_path: Path) -> N
 
 
 def test_baked_weights_are_linked_into_an_empty_keras_cache(tmp_path: Path) -> None:
-    from trainer.backbones import link_baked_weights
-
     baked = tmp_path / "opt-keras" / "models"
     baked.mkdir(parents=True)
     (baked / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"weights")

@@ -27,9 +27,12 @@ def test_every_option_has_help_and_a_variable(command: click.Command) -> None:
         if not isinstance(param, click.Option) or param.name == "help":
             continue
         assert param.help, f"{command.name} {param.opts} has no help"
-        if param.name in ("top", "destination", "split"):
+        if param.name in ("top", "destination", "split", "sweep", "name", "formats"):
             continue  # per-call choices, not settings of a run
         assert param.envvar or "[env var: " in param.help, f"{param.opts} has no variable"
+        if param.envvar:  # a setting of a run: the same flag and variable as in `train`
+            option = next(o for o in OPTIONS if o.variable == param.envvar)
+            assert option.flag in param.opts, (command.name, param.opts)
 
 
 def test_train_help_shows_every_setting_with_its_variable_and_default() -> None:
@@ -47,7 +50,9 @@ def trainer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_runs_lists_status_epochs_and_best(finished_run: dict) -> None:
-    result = trainer("runs", "--artifact-uri", str(finished_run["root"]), env=finished_run["env"])
+    # A setting `runs` does not take, set badly, does not stop it.
+    env = {**finished_run["env"], "EPOCHS": "many"}
+    result = trainer("runs", "--artifact-uri", str(finished_run["root"]), env=env)
     assert result.returncode == 0, result.stderr
     line = next(li for li in result.stdout.splitlines() if li.startswith("tiny "))
     manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
@@ -110,8 +115,12 @@ def test_predict_names_classes_for_images(finished_run: dict, tiny_npz: Path,
     del labels
 
 
-def test_the_readme_documents_every_setting_and_the_two_commands() -> None:
+def test_the_readme_documents_every_setting_command_and_exit_code() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for option in OPTIONS:
         assert f"| `{option.variable}` | `{option.flag}` |" in readme, option.variable
+    for name in cli.commands:
+        assert f"trainer {name} " in readme, f"`trainer {name}` is not in the README"
+    for code in (0, 1, 2, 3, 4, 75, 143):
+        assert f"| {code} |" in readme, f"exit code {code} is not in the README's table"
     assert "make run" in readme and "make test" in readme

@@ -113,6 +113,24 @@ def test_an_archive_with_the_wrong_sha256_is_refused(mirror: tuple, tmp_path: Pa
         load_dataset("mnist", validation_split=0.1, seed=0, mirror=url, cache_dir=str(tmp_path))
 
 
+def test_an_unreachable_mirror_is_transient_and_a_missing_archive_is_not(
+        mirror: tuple, tmp_path: Path) -> None:
+    from conftest import free_ports
+
+    from trainer.errors import TransientError
+
+    _, _, table = mirror
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}/"  # nothing listens there: connection refused
+    with pytest.raises(TransientError, match=f"could not fetch {dead}mnist.npz"):
+        load_dataset("mnist", validation_split=0.1, seed=0, mirror=dead, archives=table,
+                     cache_dir=str(tmp_path))
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    with pytest.raises(DataError, match="could not fetch mnist.npz"):
+        load_dataset("mnist", validation_split=0.1, seed=0, mirror=str(empty), archives=table,
+                     cache_dir=str(tmp_path))
+
+
 def test_digits_is_offline_with_a_seeded_validation_split() -> None:
     data = load_dataset("digits", validation_split=0.1, seed=3)
     again = load_dataset("digits", validation_split=0.1, seed=3)

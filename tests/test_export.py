@@ -42,7 +42,7 @@ def save_best_h5(folder: Path, policy: str = "float32", seed: int = 0) -> Path:
     import keras
 
     from trainer.artifacts import RunArtifacts
-    from trainer.backbones import build_model, preprocessing_name
+    from trainer.model import build_model, preprocessing_name
     from trainer.storage import LocalStore
 
     keras.utils.set_random_seed(seed)
@@ -53,7 +53,7 @@ def save_best_h5(folder: Path, policy: str = "float32", seed: int = 0) -> Path:
         keras.mixed_precision.set_global_policy("float32")
     # A head whose logits vary from image to image by about 2 (around a mean of 0), so that
     # the top class depends on the image and no probability saturates at 0 or 1.
-    from trainer.backbones import preprocess_function
+    from trainer.model import preprocess_function
 
     head = model.get_layer("predictions")
     features = keras.Model(model.input, head.input)(
@@ -75,7 +75,7 @@ def best_h5_probabilities(model_h5: Path, pixels: np.ndarray) -> np.ndarray:
     import keras
 
     from trainer import images
-    from trainer.backbones import preprocess_function
+    from trainer.model import preprocess_function
     from trainer.pipeline import batch_preprocessor
 
     model = keras.models.load_model(model_h5, compile=False)
@@ -251,7 +251,7 @@ def test_a_bfloat16_trained_model_exports_in_float32(tmp_path: Path) -> None:
     assert policy == "mixed_bfloat16"
     assert {layer.compute_dtype for layer in rebuilt.layers} == {"float32"}
     pixels = natural_images(8, SIZE, SIZE, seed=6)
-    from trainer.backbones import preprocess_function
+    from trainer.model import preprocess_function
 
     batch = preprocess_function("VGG16")(pixels.astype(np.float32))
     as_trained = trained(batch, training=False).numpy()
@@ -329,7 +329,7 @@ def test_trainer_export_command(exported: dict, tmp_path: Path,
 
     store = exported["root"] / "store"
     artifacts = RunArtifacts(LocalStore(str(store)), "run", exported["h5"].parent)
-    artifacts.adopt("best.h5")
+    artifacts.adopt("best.h5", None)
     artifacts.write_json("config.json", {})
     artifacts.write_json("history.json", [])
     artifacts.write_json("manifest.json", artifacts.manifest(status="finished"))

@@ -73,7 +73,7 @@ def test_manifest_lists_every_artifact_with_size_and_sha256(finished_run: dict) 
 
 def test_best_h5_loads_in_plain_keras_and_scores_its_epoch(finished_run: dict,
                                                            tiny_npz: Path) -> None:
-    scored = score_model(finished_run["run"] / "best.h5", tiny_npz, finished_run["env"])
+    scored = score_model(finished_run["run"] / "best.h5", tiny_npz)
     manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
     assert scored["accuracy"] == pytest.approx(manifest["best_value"], abs=1e-6)
     assert scored["dtype"] == "float32"

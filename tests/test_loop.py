@@ -12,7 +12,7 @@ TWO_REPLICAS = """
 import json
 import numpy as np, tensorflow as tf, keras
 from trainer.distribution import make_strategy
-from trainer.backbones import build_model, preprocess_function
+from trainer.model import build_model, preprocess_function
 from trainer.data import Split
 from trainer.loop import Loop
 from trainer.pipeline import batch_preprocessor, evaluation_input, training_input
@@ -35,7 +35,8 @@ expected = float(np.mean(np.argmax(probabilities, 1) == val.labels))
 differing = [v.path for v in model.variables
              if not all(np.array_equal(v._value.values[0].numpy(), other.numpy())
                         for other in v._value.values[1:])]
-print(json.dumps({"replicas": strategy.num_replicas_in_sync, "images": metrics.images,
+print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+                  "images": metrics.totals.images,
                   "differing": differing, "accuracy": accuracy, "expected": expected,
                   "variables": len(model.variables)}))
 """

@@ -22,7 +22,7 @@ def test_workers_arriving_at_different_times_all_find_each_other() -> None:
     def worker(index: int, delay: float) -> None:
         time.sleep(delay)
         try:
-            wait_for_peers(workers, index, timeout=30)
+            wait_for_peers(workers, workers[index], timeout=30)
             # What TensorFlow's server does next: take the same port over, at once.
             servers.append(socket.create_server(("127.0.0.1", ports[index])))
             outcomes[index] = "ready"
@@ -44,7 +44,7 @@ def test_peers_that_never_answer_are_named_after_the_timeout() -> None:
     own, silent = free_ports(2)
     workers = [f"127.0.0.1:{own}", f"127.0.0.1:{silent}", "trainer-1.no-such-service.invalid:2222"]
     with pytest.raises(TransientError) as raised:
-        wait_for_peers(workers, 0, timeout=1.5)
+        wait_for_peers(workers, workers[0], timeout=1.5)
     message = str(raised.value)
     assert f"127.0.0.1:{silent} (connection refused)" in message
     assert "trainer-1.no-such-service.invalid:2222 (name not resolved)" in message

@@ -19,9 +19,9 @@ def _train_steps(model, steps: int = 3) -> tuple:  # noqa: ANN001 - a keras.Mode
     import keras
     import tensorflow as tf
 
-    from trainer.backbones import preprocess_function
     from trainer.data import Split
     from trainer.loop import Loop
+    from trainer.model import preprocess_function
     from trainer.pipeline import batch_preprocessor, training_input
 
     optimizer = keras.optimizers.Adam(1e-2)
@@ -42,7 +42,7 @@ def _values(model) -> dict[str, np.ndarray]:  # noqa: ANN001
 def mobilenet():  # noqa: ANN201 - a keras.Model with BatchNormalization, as most backbones
     import keras
 
-    from trainer.backbones import build_model
+    from trainer.model import build_model
 
     keras.utils.set_random_seed(0)
     return build_model("MobileNetV2", "avg", 32, 3, None)
@@ -132,7 +132,7 @@ def test_float16_keeps_a_float32_softmax_and_a_loadable_best_h5(
     history = json.loads((tmp_path / "half" / "history.json").read_text())
     assert all(np.isfinite(row["loss"]) for row in history)
     assert history[0]["learning_rate"] < 1e-4  # the cosine is on its way down
-    scored = score_model(tmp_path / "half" / "best.h5", tiny_npz, env)
+    scored = score_model(tmp_path / "half" / "best.h5", tiny_npz)
     assert scored["dtype"] == "float32"
 
 

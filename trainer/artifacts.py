@@ -7,31 +7,50 @@ and sha256, so a reader knows the run finished and can verify what it fetched.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
+import math
 import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from trainer.storage import Store, make_readable, write_atomic
+import h5py
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
-                   "seconds", "images_per_second")
+from trainer.files import make_readable, sha256_of, write_atomic
+from trainer.storage import Store, key_in
+
+if TYPE_CHECKING:
+    import keras
+
+    from trainer.uploader import Uploader
+
+
+class HistoryRow(TypedDict):
+    """One epoch of `history.json` and `history.csv`, in the contract's column order."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    learning_rate: float
+    seconds: float
+    images_per_second: float
+
+
+HISTORY_COLUMNS = tuple(HistoryRow.__annotations__)
 MODEL_METADATA_ATTRIBUTE = "trainer_metadata"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# The end-of-run evaluation of the best model (trainer.evaluation).
+EVALUATION_FILES = ("metrics.json", "confusion.png", "errors.png")
 
 
 class RunArtifacts:
-    def __init__(self, store: Store, run_id: str, local_dir: Path, publisher: Any = None) -> None:
+    """The chief's files of one run: `path` locally, `key` in the store, `publish` to send."""
+
+    def __init__(self, store: Store, run_id: str, local_dir: Path,
+                 publisher: Uploader | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.local_dir = local_dir
@@ -43,20 +62,33 @@ class RunArtifacts:
         return self.local_dir / name
 
     def key(self, name: str) -> str:
-        return f"{self.run_id}/{name}"
+        return key_in(self.run_id, name)
 
-    def publish(self, name: str) -> None:
-        """Hand a finished local file to the store (in the background where the store is remote)."""
+    def publish(self, name: str, grows_in_place: bool = False) -> None:
+        """Hand a finished local file to the store (in the background where the store is
+        remote). `grows_in_place` for files appended to rather than replaced (event files)."""
         self.published.add(name)
         if self._publisher is not None:
-            self._publisher.submit(self.key(name), self.path(name))
+            self._publisher.submit(self.key(name), self.path(name), copy=grows_in_place)
         else:
             self.store.put_file(self.key(name), self.path(name))
 
-    def adopt(self, name: str) -> None:
-        """Count a file an earlier attempt of this run published (fetched back if remote)."""
-        if self.path(name).is_file() or self.store.get_file(self.key(name), self.path(name)):
-            self.published.add(name)
+    def adopt(self, name: str, sha256: str | None) -> bool:
+        """Count a file an earlier attempt of this run published (fetched back if remote), if
+        its content is the one recorded (any, for a state saved before digests were kept);
+        False, and nothing kept, if it is not."""
+        path = self.path(name)
+
+        def matches() -> bool:
+            return path.is_file() and (sha256 is None or sha256_of(path) == sha256)
+
+        if not matches():
+            path.unlink(missing_ok=True)
+            if not self.store.get_file(self.key(name), path) or not matches():
+                path.unlink(missing_ok=True)
+                return False
+        self.published.add(name)
+        return True
 
     def remove(self, name: str) -> None:
         """Delete a file here and in the store (after whatever was published before it)."""
@@ -71,17 +103,20 @@ class RunArtifacts:
         if self._publisher is not None:
             self._publisher.raise_if_refused()
 
-    def finish_uploads(self, timeout: float, stop: Any = None, stop_grace: float = 0.0) -> None:
+    def finish_uploads(self, timeout: float, stop: threading.Event | None = None,
+                       stop_grace: float = 0.0) -> None:
         """Every published file in the store, or TransientError after `timeout` seconds
         (Terminated `stop_grace` seconds after `stop`, a threading.Event, is set)."""
         if self._publisher is not None:
             self._publisher.flush(timeout, stop, stop_grace)
 
     def write_json(self, name: str, content: Any) -> None:
-        write_atomic(self.path(name), json.dumps(content, indent=2, sort_keys=True).encode())
+        """Valid JSON whatever the numbers: NaN and infinities (a diverged loss) as null."""
+        text = json.dumps(_finite(content), indent=2, sort_keys=True, allow_nan=False)
+        write_atomic(self.path(name), text.encode())
         self.publish(name)
 
-    def write_history(self, rows: list[dict[str, Any]]) -> None:
+    def write_history(self, rows: tuple[HistoryRow, ...] | list[HistoryRow]) -> None:
         self.write_json("history.json", rows)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, extrasaction="ignore",
@@ -91,11 +126,9 @@ class RunArtifacts:
         write_atomic(self.path("history.csv"), text.getvalue().encode())
         self.publish("history.csv")
 
-    def save_model(self, model: Any, name: str, metadata: dict[str, Any]) -> None:
+    def save_model(self, model: keras.Model, name: str, metadata: dict[str, Any]) -> None:
         """The whole model without optimizer state, as HDF5, carrying `metadata` as an attribute
         so that a bare .h5 still knows its class names and preprocessing."""
-        import h5py
-
         handle, temporary = tempfile.mkstemp(dir=self.local_dir, prefix=f".{name}.", suffix=".h5")
         os.close(handle)
         make_readable(temporary)
@@ -117,10 +150,18 @@ class RunArtifacts:
         return {**fields, "run_id": self.run_id, "artifacts": files}
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def read_model_metadata(path: Path) -> dict[str, Any]:
     """The metadata `save_model` stored in an .h5 file; {} for a model saved elsewhere."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         raw = f.attrs.get(MODEL_METADATA_ATTRIBUTE)
     return json.loads(raw) if raw else {}

@@ -4,6 +4,12 @@
     trainer runs --artifact-uri s3://bucket/runs
     trainer fetch RUN_ID --to ./models
     trainer predict RUN_ID image.png
+    trainer evaluate RUN_ID ./photos
+    trainer report RUN_ID
+    trainer sweep grid.yaml --name lr; trainer runs --sweep lr; trainer report --sweep lr
+
+`train` takes every setting (a flag, else its variable, else the default); the other commands
+take only the few settings they use, so an unrelated bad variable does not stop them.
 """
 
 from __future__ import annotations
@@ -12,21 +18,32 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from trainer.errors import INTERNAL_ERROR, TrainerError
-from trainer.settings import OPTIONS, Settings, load_settings
+from trainer.job import run_job
+from trainer.logs import setup_logging
+from trainer.platforms import failure_file
+from trainer.redaction import redact
+from trainer.runs import fetch_run, list_runs, rebuild_report
+from trainer.settings import OPTIONS, check_run_id, default_of, load_settings
+from trainer.storage import Store, open_store
+from trainer.sweep import check_name, run_sweep, sweep_environ
+from trainer.sweep_report import collect_runs, sweep_lines, write_sweep_report
 
 TERMINATION_LOG = "/dev/termination-log"
+OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _settings_options(command: click.Command) -> click.Command:
+def _settings_options(command: F) -> F:
     """One flag per setting, e.g. --batch-size for BATCH_SIZE, resolved by load_settings."""
     for option in reversed(OPTIONS):
-        default = option.default
+        default = default_of(option)
         shown = "none" if default in (None, "") else default
         if option.field == "run_id":
             shown = "generated"
@@ -35,6 +52,34 @@ def _settings_options(command: click.Command) -> click.Command:
             help=f"{option.help} [env var: {option.variable}; default: {shown}]",
         )(command)
     return command
+
+
+def _setting(field: str, default: Any = None, help: str | None = None) -> Callable[[F], F]:
+    """A command's option for one setting: the same flag, variable and validation as in
+    `trainer train`, and the same default unless `default` is given."""
+    option = OPTIONS_BY_FIELD[field]
+    fallback = default_of(option) if default is None else default
+
+    def parse(context: click.Context, parameter: click.Parameter, text: str | None) -> Any:
+        return fallback if text in (None, "") else option.parse(option.variable, text)
+
+    return click.option(option.flag, field, envvar=option.variable, show_envvar=True,
+                        default=None, callback=parse, metavar="TEXT",
+                        help=f"{help or option.help} [default: {fallback}]")
+
+
+def _store_options(command: F) -> F:
+    """Where runs are kept: --artifact-uri, and the S3 endpoint and addressing style."""
+    for decorate in reversed((_setting("artifact_uri"), _setting("s3_endpoint_url"),
+                              _setting("s3_addressing_style"), _setting("log_level", "WARNING"))):
+        command = decorate(command)
+    return command
+
+
+def _store(options: dict[str, Any]) -> Store:
+    setup_logging(options.pop("log_level"))
+    return open_store(options.pop("artifact_uri"), options.pop("s3_endpoint_url"),
+                      options.pop("s3_addressing_style"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -46,21 +91,26 @@ def cli() -> None:
 @_settings_options
 def train(**flags: str | None) -> None:
     """Run the training job (the container runs the same with `python entrypoint.py`)."""
-    settings = load_settings(os.environ, flags)
-    _configure(settings)
-    from trainer.job import run_job
-
-    run_job(settings)
+    # A pod of the sweep overlay: its completion index picks its combination of the grid.
+    environ = sweep_environ(os.environ)
+    settings = load_settings(environ, flags)
+    setup_logging(settings.log_level, settings.log_format)
+    run_job(settings, environ)
 
 
 @cli.command()
-@click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
-              show_default=True, help="Where runs are stored: a local folder or s3://bucket[/prefix].")
-def runs(artifact_uri: str) -> None:
+@click.option("--sweep", default=None,
+              help="Only this sweep's runs (<NAME>-<index>), side by side with their varying "
+              "settings, best first.")
+@_store_options
+def runs(sweep: str | None, **options: Any) -> None:
     """List runs: id, status, epochs done, best value."""
-    from trainer.runs import list_runs
-
-    for line in list_runs(_store(artifact_uri)):
+    store = _store(options)
+    if sweep:
+        for line in sweep_lines(collect_runs(store, sweep)):
+            click.echo(line)
+        return
+    for line in list_runs(store):
         click.echo(line)
 
 
@@ -68,13 +118,10 @@ def runs(artifact_uri: str) -> None:
 @click.argument("run_id")
 @click.option("--to", "destination", type=click.Path(file_okay=False), default=".",
               show_default=True, help="Folder to download into; files go to DIR/RUN_ID/.")
-@click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
-              show_default=True, help="Where runs are stored: a local folder or s3://bucket[/prefix].")
-def fetch(run_id: str, destination: str, artifact_uri: str) -> None:
+@_store_options
+def fetch(run_id: str, destination: str, **options: Any) -> None:
     """Download a run's best.h5 and metadata, verified against its manifest's sha256."""
-    from trainer.runs import fetch_run
-
-    folder = fetch_run(_store(artifact_uri), _checked_run_id(run_id), Path(destination))
+    folder = fetch_run(_store(options), check_run_id(run_id), Path(destination))
     click.echo(f"{folder / 'best.h5'}")
 
 
@@ -83,14 +130,13 @@ def fetch(run_id: str, destination: str, artifact_uri: str) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1, 100),
               help="How many classes to show per image.")
-@click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
-              show_default=True, help="Where runs are stored, when MODEL is a run id.")
-def predict(model: str, images: tuple[str, ...], top: int, artifact_uri: str) -> None:
-    """Top classes of IMAGES, by class name; MODEL is a run id or an .h5 path."""
-    _configure(load_settings({"LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}))
-    from trainer.predict import predict_images, resolve_model
+@_store_options
+def predict(model: str, images: tuple[str, ...], top: int, **options: Any) -> None:
+    """Top classes of IMAGES, by class name; MODEL is a run id, an .h5 path, an exported
+    SavedModel folder or an ONNX file."""
+    from trainer.predict import predict_images, resolve_model  # TensorFlow
 
-    path = resolve_model(model, _store(artifact_uri))
+    path = resolve_model(model, _store(options))
     for image, ranked in predict_images(path, [Path(i) for i in images], top):
         click.echo(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
 
@@ -103,41 +149,42 @@ def predict(model: str, images: tuple[str, ...], top: int, artifact_uri: str) ->
 @click.option("--split", type=click.Choice(["val", "all"]), default="val", show_default=True,
               help="val: the dataset's validation or test split (else VALIDATION_SPLIT of its "
               "images, as training holds out); all: every image.")
-@click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
-              show_default=True, help="Where runs are stored, when MODEL is a run id.")
-def evaluate(model: str, dataset: str, destination: str, split: str, artifact_uri: str) -> None:
+@_setting("validation_split")
+@_setting("seed")
+@_setting("dataset_mirror")
+@_setting("work_dir", help="Local folder where an s3:// DATASET is fetched (cached).")
+@_store_options
+def evaluate(model: str, dataset: str, destination: str, split: str, validation_split: float,
+             seed: int, dataset_mirror: str | None, work_dir: str, **options: Any) -> None:
     """Metrics and pictures of MODEL (a run id or an .h5) on DATASET (anything DATASET takes)."""
-    settings = load_settings({**os.environ, "DATASET": dataset,
-                              "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")})
-    _configure(settings)
-    from trainer.predict import evaluate_model, resolve_model
+    from trainer.evaluation import evaluate_model  # TensorFlow
+    from trainer.predict import resolve_model
 
-    path = resolve_model(model, _store(artifact_uri))
-    metrics = evaluate_model(path, settings, split, Path(destination))
+    path = resolve_model(model, _store(options))
+    metrics = evaluate_model(path, dataset, split, Path(destination),
+                             validation_split=validation_split, seed=seed, mirror=dataset_mirror)
     click.echo(f"accuracy {metrics['accuracy']:.4f} on {metrics['examples']} images; "
                f"metrics.json, confusion.png and errors.png in {destination}")
 
 
 @cli.command("export")
 @click.argument("model")
-@click.option("--format", "formats", envvar="EXPORT", show_envvar=True, default="savedmodel",
-              show_default=True, help="none, or a comma list of savedmodel, onnx, litert.")
+@click.option("--format", "formats", default="savedmodel", show_default=True,
+              help="none, or a comma list of savedmodel, onnx, litert.")
 @click.option("--to", "destination", type=click.Path(file_okay=False), default=None,
               help="Folder for the exports.  [default: export/ beside MODEL.h5, or RUN_ID/export]")
-@click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
-              show_default=True, help="Where runs are stored, when MODEL is a run id.")
-def export_command(model: str, formats: str, destination: str | None, artifact_uri: str) -> int:
+@_store_options
+def export_command(model: str, formats: str, destination: str | None, **options: Any) -> int:
     """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
     differs)."""
-    _configure(load_settings({"LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}))
     from trainer.errors import ConfigError
     from trainer.export import check_export_runtimes, export_model, parse_formats
-    from trainer.predict import resolve_model
+    from trainer.predict import resolve_model  # TensorFlow
 
     chosen = parse_formats(formats, "--format")
     check_export_runtimes(chosen)
     is_file = model.endswith(".h5") or Path(model).is_file()
-    path = resolve_model(model if is_file else _checked_run_id(model), _store(artifact_uri))
+    path = resolve_model(model if is_file else check_run_id(model), _store(options))
     if path.suffix != ".h5":
         raise ConfigError(f"MODEL {model} is not an .h5 file or a run id")
     name = model if not is_file else (path.parent.name if path.stem == "best" else path.stem)
@@ -159,33 +206,42 @@ def export_command(model: str, formats: str, destination: str | None, artifact_u
 
 
 @cli.command()
-@click.argument("run_id")
-@click.option("--artifact-uri", envvar="ARTIFACT_URI", show_envvar=True, default="./runs",
-              show_default=True, help="Where runs are stored: a local folder or s3://bucket[/prefix].")
-def report(run_id: str, artifact_uri: str) -> None:
-    """Rebuild a run's report.html from its files, in the store."""
-    from trainer.runs import rebuild_report
-
-    click.echo(rebuild_report(_store(artifact_uri), _checked_run_id(run_id)))
-
-
-def _store(artifact_uri: str):  # noqa: ANN202 - a Store
-    from trainer.storage import open_store
-
-    settings = load_settings({**os.environ, "ARTIFACT_URI": artifact_uri})
-    return open_store(settings.artifact_uri, settings.s3_endpoint_url, settings.s3_addressing_style)
-
-
-def _checked_run_id(run_id: str) -> str:
-    from trainer.settings import _run_id
-
-    return _run_id("RUN_ID", run_id)
+@click.argument("run_id", required=False)
+@click.option("--sweep", default=None,
+              help="Instead of RUN_ID: one page comparing this sweep's runs, stored as "
+              "<NAME>.html next to them.")
+@click.option("--to", "destination", type=click.Path(dir_okay=False), default=None,
+              help="With --sweep: write the page to this local file instead.")
+@_store_options
+def report(run_id: str | None, sweep: str | None, destination: str | None,
+           **options: Any) -> None:
+    """Rebuild a run's report.html from its files, in the store; or compare a sweep's runs."""
+    if run_id is None:
+        if not sweep:
+            raise click.UsageError("give a RUN_ID, or --sweep NAME")
+        click.echo(write_sweep_report(_store(options), check_name(sweep, "--sweep"),
+                                      Path(destination) if destination else None))
+        return
+    click.echo(rebuild_report(_store(options), check_run_id(run_id)))
 
 
-def _configure(settings: Settings) -> None:
-    from trainer.logs import setup_logging
+@cli.command()
+@click.argument("grid", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", default=None,
+              help="The sweep's name; its runs are <NAME>-<index>. Default: GRID's file name "
+              "without extension.")
+def sweep(grid: str, name: str | None) -> None:
+    """Run every combination of a grid of settings, one after another.
 
+    GRID is a JSON or YAML file that maps setting variables to a list of values (a dimension of
+    the grid) or to one value (the same in every run), e.g. {"BACKBONE": ["VGG16",
+    "MobileNetV2"], "LEARNING_RATE": ["1e-3", "1e-4"], "EPOCHS": 3}. Combination i (in the
+    file's order, the last list varying fastest) runs as RUN_ID <NAME>-<i>; other settings come
+    from the environment. Finished runs are skipped, so running it again continues a sweep.
+    """
+    settings = load_settings(os.environ)
     setup_logging(settings.log_level, settings.log_format)
+    run_sweep(grid, name, os.environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,16 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int, debug: bool) -> int:
-    line = " ".join(message.split())
+    line = redact(" ".join(message.split()))
     if debug:
         traceback.print_exc()
     logger = logging.getLogger("trainer")
     if logger.handlers:  # the JSON log line for log tools; stderr gets the plain line below
         logger.error(line, extra={"exit_code": code})
     print(f"error: {line}", file=sys.stderr, flush=True)
-    try:
-        with open(TERMINATION_LOG, "w") as f:
-            f.write(line + "\n")
-    except OSError:
-        pass
+    # Where the platform shows it: Kubernetes' `kubectl describe pod`, SageMaker's FailureReason.
+    for path in (TERMINATION_LOG, failure_file(os.environ)):
+        try:
+            if path:
+                with open(path, "w") as f:
+                    f.write(line + "\n")
+        except OSError:
+            pass
     return code

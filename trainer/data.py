@@ -8,14 +8,18 @@ Every failure here is a DataError (exit 3) that names the dataset and what to do
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from trainer.errors import DataError
+from trainer.errors import DataError, TransientError, is_network_outage
+from trainer.logs import get_logger
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -41,10 +45,6 @@ class Split:
 def pixels(split: Split, indices: Any) -> list[np.ndarray]:
     """The images at `indices` as uint8 arrays, decoded where the split holds files or bytes
     (for pictures; training decodes in its tf.data pipeline)."""
-    import io
-
-    from PIL import Image
-
     if split.in_memory:
         return [split.images[i] for i in indices]
     sources = [io.BytesIO(split.images[i]) if split.encoded else split.images[i]
@@ -118,8 +118,6 @@ def _fetch(name: str, archive: Archive, mirror: str | None, cache_dir: str | Non
     import keras
     from keras.utils import get_file
 
-    from trainer.logs import get_logger
-
     # get_file's progress bar would break the one-JSON-object-per-line log on stdout.
     keras.config.disable_interactive_logging()
     base = archive.origin
@@ -134,6 +132,10 @@ def _fetch(name: str, archive: Archive, mirror: str | None, cache_dir: str | Non
                         cache_subdir=os.path.join("datasets", name))
     except Exception as error:  # noqa: BLE001 - get_file raises bare Exception on fetch failures
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        if is_network_outage(error):
+            raise TransientError(
+                f"DATASET={name}: could not fetch {base + archive.file_name} ({reason}); the "
+                "network or the server is down: retry later, or set DATASET_MIRROR") from error
         raise DataError(
             f"DATASET={name}: could not fetch {archive.file_name} from {base} ({reason}); "
             "set DATASET_MIRROR to a URL or folder holding the archive, or use a local dataset path"
@@ -156,8 +158,6 @@ def _builtin(name: str, files: list[str], validation_split: float, seed: int) ->
 
 
 def _read_cifar(name: str, archive: str) -> tuple[Any, Any, list[str]]:
-    import tarfile
-
     from keras.src.datasets.cifar import load_batch
     from keras.src.datasets.npz_utils import RestrictedUnpickler
 
@@ -378,10 +378,6 @@ def _tfrecord_folder(root: Path, validation_split: float, seed: int) -> Dataset:
 
 
 def _image_side(path: str | bytes) -> int:
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
     source = io.BytesIO(path) if isinstance(path, bytes) else path
     try:
         with Image.open(source) as image:

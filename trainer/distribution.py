@@ -1,9 +1,6 @@
-"""Which tf.distribute strategy runs the loop: one CPU or GPU, all local GPUs, or several nodes.
-
-Multi-worker runs read TF_CONFIG, or derive it on a Kubernetes Indexed Job from:
-JOB_COMPLETION_INDEX (set by Kubernetes), WORKER_COUNT, WORKER_SERVICE (the headless Service
-that is the pods' subdomain), JOB_NAME (default RUN_ID) and WORKER_PORT (default 2222). They
-start training once every peer has answered (trainer.peers), within PEER_TIMEOUT.
+"""Which tf.distribute strategy runs the loop: one CPU or GPU, all local GPUs (MirroredStrategy),
+or several nodes (MultiWorkerMirroredStrategy over the cluster of trainer.cluster); and the
+precision and XLA choices that depend on the devices.
 """
 
 from __future__ import annotations
@@ -11,102 +8,29 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
-from trainer.errors import ConfigError
+import tensorflow as tf
 
-DEFAULT_WORKER_PORT = 2222
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """Where this process stands: `chief` writes artifacts; the others only train."""
-
-    workers: tuple[str, ...]
-    index: int
-
-    @property
-    def is_multi_worker(self) -> bool:
-        return len(self.workers) > 1
-
-    @property
-    def is_chief(self) -> bool:
-        return self.index == 0
-
-
-def tf_config_from_indexed_job(environ: Mapping[str, str]) -> dict[str, Any] | None:
-    """TF_CONFIG for pod JOB_COMPLETION_INDEX of an Indexed Job, or None outside one.
-
-    Pod i of Indexed Job J has the host name J-i; with `subdomain: WORKER_SERVICE` (a headless
-    Service) it resolves as J-i.WORKER_SERVICE inside the namespace.
-    """
-    if "JOB_COMPLETION_INDEX" not in environ or "WORKER_COUNT" not in environ:
-        return None
-    names = ("JOB_COMPLETION_INDEX", "WORKER_COUNT", "WORKER_PORT")
-    try:
-        index, count, port = (
-            int(environ.get(name, DEFAULT_WORKER_PORT if name == "WORKER_PORT" else ""))
-            for name in names
-        )
-    except ValueError:
-        raise ConfigError(
-            "JOB_COMPLETION_INDEX, WORKER_COUNT and WORKER_PORT must be whole numbers; "
-            "check the Job's environment"
-        ) from None
-    service = environ.get("WORKER_SERVICE", "").strip()
-    job = (environ.get("JOB_NAME") or environ.get("RUN_ID") or "").strip()
-    if not service or not job:
-        raise ConfigError(
-            "WORKER_SERVICE and JOB_NAME (or RUN_ID) must be set with WORKER_COUNT to derive "
-            "TF_CONFIG; set them in the multi-node Job"
-        )
-    if not 0 <= index < count:
-        raise ConfigError(f"JOB_COMPLETION_INDEX={index} is outside WORKER_COUNT={count}")
-    workers = [f"{job}-{i}.{service}:{port}" for i in range(count)]
-    return {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-
-
-def resolve_cluster(environ: Mapping[str, str]) -> tuple[Cluster, dict[str, Any] | None]:
-    """The cluster this process is part of, and the TF_CONFIG that describes it (None alone)."""
-    raw = environ.get("TF_CONFIG", "").strip()
-    if raw:
-        try:
-            config = json.loads(raw)
-            workers = tuple(config["cluster"].get("worker", ()))
-            index = int(config["task"]["index"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ConfigError(
-                "TF_CONFIG is not valid: give JSON with cluster.worker (a list of host:port) "
-                "and task.index"
-            ) from None
-    else:
-        config = tf_config_from_indexed_job(environ)
-        if config is None:
-            return Cluster(workers=(), index=0), None
-        workers, index = tuple(config["cluster"]["worker"]), config["task"]["index"]
-    return Cluster(workers=workers, index=index), config
+from trainer.cluster import Cluster, resolve_cluster
+from trainer.peers import wait_for_peers
 
 
 def make_strategy(
     cpu_replicas: int, environ: Mapping[str, str] | None = None, peer_timeout: float = 600.0
-) -> tuple[Any, Cluster]:
+) -> tuple[tf.distribute.Strategy, Cluster]:
     """MultiWorkerMirroredStrategy across nodes (once every peer answers, within
     `peer_timeout` seconds), MirroredStrategy over several local devices, else the default
     strategy on the one device."""
     environ = os.environ if environ is None else environ
     cluster, config = resolve_cluster(environ)
-    import tensorflow as tf
-
     if cpu_replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas
         )
     if cluster.is_multi_worker:
-        from trainer.peers import wait_for_peers
-
-        wait_for_peers(cluster.workers, cluster.index, peer_timeout)
+        assert cluster.address is not None  # a task of a multi-worker cluster has one
+        wait_for_peers(cluster.addresses, cluster.address, peer_timeout)
         os.environ["TF_CONFIG"] = json.dumps(config)
         return tf.distribute.MultiWorkerMirroredStrategy(), cluster
     gpus = tf.config.list_logical_devices("GPU")
@@ -122,8 +46,6 @@ def resolve_precision(precision: str) -> str:
     """The Keras dtype policy for PRECISION: `auto` is bfloat16 where every GPU has bfloat16
     tensor cores (compute capability 8.0 or newer), float32 on older GPUs and on CPUs, where
     bfloat16 is emulated and slower."""
-    import tensorflow as tf
-
     if precision == "auto":
         gpus = tf.config.list_physical_devices("GPU")
         capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability")
@@ -134,12 +56,10 @@ def resolve_precision(precision: str) -> str:
             "float16": "mixed_float16"}[precision]
 
 
-def resolve_xla(xla: str, strategy: Any) -> bool:
+def resolve_xla(xla: str, strategy: tf.distribute.Strategy) -> bool:
     """XLA for each replica's forward and backward pass: `auto` compiles on GPUs with one
     replica per worker; on CPUs, and under MirroredStrategy whose synchronized BatchNorm
     all-reduces inside the pass, it stays off."""
-    import tensorflow as tf
-
     if xla != "auto":
         return xla == "on"
     one_replica = strategy.num_replicas_in_sync == 1

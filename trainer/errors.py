@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.error
+
 
 class TrainerError(Exception):
     """A failure the user can act on: `str(error)` is the one line to print."""
@@ -44,3 +47,21 @@ class Terminated(TrainerError):
 
 
 INTERNAL_ERROR = 1
+
+
+def is_network_outage(error: BaseException) -> bool:
+    """Whether a download failed for the network's sake (a name not resolved, a refused or
+    reset connection, a timeout, a server error): worth retrying later, unlike a missing file
+    (HTTP 404, no such local path) or a checksum that does not match."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, urllib.error.HTTPError):
+            return current.code >= 500 or current.code in (408, 429)
+        if isinstance(current, urllib.error.URLError):
+            return not isinstance(current.reason, (FileNotFoundError, PermissionError))
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

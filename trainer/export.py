@@ -149,11 +149,11 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
             try:
                 written[kind] = WRITERS[kind](source, out_dir, name)
                 results[kind] = {"status": "ok", "max_abs_difference": None}
-            except Exception as error:  # noqa: BLE001 - a converter that fails fails its format
+            except Exception as raised:  # noqa: BLE001 - a converter that fails fails its format
                 get_logger().debug(f"the {kind} export raised", exc_info=True)
                 _remove(kind, out_dir, name)
                 results[kind] = {"status": "failed", "max_abs_difference": None,
-                                 "error": f"{type(error).__name__}: {_line(str(error))}"}
+                                 "error": f"{type(raised).__name__}: {_line(str(raised))}"}
             results[kind]["seconds"] = round(time.monotonic() - started, 2)
         checks = _check_in_processes(written, _reference_data(source, batch, Path(scratch)))
     for kind, result in results.items():

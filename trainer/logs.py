@@ -12,6 +12,8 @@ import warnings
 
 from pythonjsonlogger.json import JsonFormatter
 
+from trainer.redaction import redact
+
 LOGGER_NAME = "trainer"
 _STANDARD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -33,6 +35,18 @@ def _short(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+class Redacting(logging.Filter):
+    """Credentials that a URL or a header carries never reach a log line (trainer.redaction)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        for name, value in vars(record).items():
+            if name not in _STANDARD_FIELDS and isinstance(value, str):
+                setattr(record, name, redact(value))
+        return True
+
+
 def setup_logging(level: str = "INFO", log_format: str | None = None) -> logging.Logger:
     """Configure the `trainer` logger on stdout and quiet TensorFlow unless DEBUG."""
     if log_format is None:
@@ -46,6 +60,7 @@ def setup_logging(level: str = "INFO", log_format: str | None = None) -> logging
         ))
     else:
         handler.setFormatter(TextFormatter())
+    handler.addFilter(Redacting())
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers[:] = [handler]
     logger.setLevel(level)

@@ -6,44 +6,34 @@ N nodes alike (Keras' `model.fit` fails under the multi-worker strategy, see GUI
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import keras
 import tensorflow as tf
 
+from trainer.state import Totals
+
 SUM = tf.distribute.ReduceOp.SUM
+NO_STEPS = Totals()
+DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    totals: tuple[float, float, float, float]  # loss sum, correct, images, seconds
+    totals: Totals
     steps_done: int
-    completed: bool  # False when a stop was requested before the last step
-
-    @property
-    def loss(self) -> float:
-        return self.totals[0] / max(self.totals[2], 1.0)
-
-    @property
-    def accuracy(self) -> float:
-        return self.totals[1] / max(self.totals[2], 1.0)
-
-    @property
-    def images(self) -> int:
-        return int(self.totals[2])
-
-    @property
-    def seconds(self) -> float:
-        return self.totals[3]
+    completed: bool  # False when a stop was requested before the last step, or diverged
+    diverged: bool = False  # the loss became NaN or infinite: the epoch stopped there
 
 
 class Loop:
     """Compiled train and evaluation steps for one model, optimizer and strategy."""
 
-    def __init__(self, strategy: Any, model: Any, optimizer: Any, global_batch: int,
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
+                 optimizer: keras.optimizers.Optimizer, global_batch: int,
                  steps_per_call: int = 10, label_smoothing: float = 0.0,
                  xla: bool = False) -> None:
         self.strategy = strategy
@@ -90,7 +80,7 @@ class Loop:
             zip(gradients, self.model.trainable_variables, strict=True))
         return loss_sum, correct, tf.size(labels)
 
-    def _train_steps(self, iterator: Any, steps: tf.Tensor) -> tuple:
+    def _train_steps(self, iterator: Iterator, steps: tf.Tensor) -> tuple:
         totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
         for _ in tf.range(steps):
             results = self.strategy.run(self._train_step, args=(next(iterator),))
@@ -107,7 +97,7 @@ class Loop:
         return (tf.reduce_sum(tf.cast(per_example, tf.float32) * weights),
                 tf.reduce_sum(_matches(labels, probabilities) * weights), tf.reduce_sum(weights))
 
-    def _evaluate_steps(self, iterator: Any, steps: tf.Tensor) -> tuple:
+    def _evaluate_steps(self, iterator: Iterator, steps: tf.Tensor) -> tuple:
         totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
         for _ in tf.range(steps):
             results = self.strategy.run(self._evaluate_step, args=(next(iterator),))
@@ -117,29 +107,34 @@ class Loop:
 
     def train_epoch(
         self,
-        dataset_fn: Callable,
+        dataset_fn: DatasetFn,
         steps: int,
         on_progress: Callable[[int, int], None] = lambda done, steps: None,
         stop_requested: Callable[[], bool] = lambda: False,
         start_step: int = 0,
-        partial: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0),
+        partial: Totals = NO_STEPS,
     ) -> EpochMetrics:
         """Steps `start_step`..`steps` of an epoch, `partial` holding the earlier steps' sums.
         Stops early, after a whole call of steps, when `stop_requested()`."""
         started = time.perf_counter()
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
-        totals = list(partial[:3])
+        sums = list(partial[:3])
         done = start_step
+        diverged = False
         while done < steps and not stop_requested():
             chunk = min(self.steps_per_call, steps - done)
             results = self._train(iterator, tf.constant(chunk))
-            totals = [t + float(v) for t, v in zip(totals, results, strict=True)]
+            sums = [total + float(value) for total, value in zip(sums, results, strict=True)]
             done += chunk
+            if not math.isfinite(sums[0]):
+                diverged = True
+                break
             on_progress(done, steps)
-        seconds = partial[3] + time.perf_counter() - started
-        return EpochMetrics(totals=(*totals, seconds), steps_done=done, completed=done == steps)
+        totals = Totals(sums[0], sums[1], sums[2], partial.seconds + time.perf_counter() - started)
+        return EpochMetrics(totals=totals, steps_done=done, completed=done == steps and
+                            not diverged, diverged=diverged)
 
-    def evaluate(self, dataset_fn: Callable, steps: int) -> tuple[float, float]:
+    def evaluate(self, dataset_fn: DatasetFn, steps: int) -> tuple[float, float]:
         """Loss and accuracy over every example exactly once."""
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
         loss_sum, correct, count = (float(v) for v in self._evaluate(iterator, tf.constant(steps)))

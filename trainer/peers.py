@@ -1,4 +1,5 @@
-"""A bounded wait, before MultiWorkerMirroredStrategy starts, until every peer worker answers.
+"""A bounded wait, before MultiWorkerMirroredStrategy starts, until every other task (the chief
+and the workers) answers.
 
 TensorFlow's own wait for the other workers has no deadline that it keeps (measured with 2.21:
 it waits past `cluster_register_timeout_in_ms`, holding the GIL), so a worker whose peers never
@@ -23,11 +24,12 @@ CONNECT_SECONDS = 2.0
 RETRY_SECONDS = 0.5
 
 
-def wait_for_peers(workers: Sequence[str], index: int, timeout: float) -> None:
-    """Return once every worker but `index` accepts a TCP connection; TransientError (75)
-    naming the ones that did not after `timeout` seconds."""
-    peers = [worker for i, worker in enumerate(workers) if i != index]
-    _, port = _host_and_port(workers[index])
+def wait_for_peers(addresses: Sequence[str], own: str, timeout: float) -> None:
+    """Return once every task in `addresses` (chief and workers) but this one, at `own`,
+    accepts a TCP connection; TransientError (75) naming the ones that did not after `timeout`
+    seconds."""
+    peers = [address for address in addresses if address != own]
+    _, port = _host_and_port(own)
     try:
         listener = _listen(port)
     except OSError as error:

@@ -7,6 +7,7 @@ padded to whole global batches with zero-weight examples, so its metrics are exa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,6 @@ def memory_budget(fraction: float = 0.25) -> int:
             return int(int(limit) * fraction)
     except OSError:
         pass
-    import os
-
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
 
 

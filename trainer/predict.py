@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from trainer.artifacts import read_model_metadata
-from trainer.errors import ConfigError, DataError
+from trainer.errors import DataError
 from trainer.storage import Store
 
 
@@ -97,36 +97,3 @@ def _preprocess(module: str | None) -> Any:
     if not module:
         return lambda batch: batch
     return importlib.import_module(module).preprocess_input
-
-
-def evaluate_model(model_path: Path, settings: Any, split: str, destination: Path) -> dict:
-    """`trainer evaluate`: the model's own size, preprocessing and class names, on
-    settings.dataset (its held-out split, or every image)."""
-    import keras
-
-    from trainer.data import Split, load_dataset
-    from trainer.evaluation import evaluate
-    from trainer.pipeline import batch_preprocessor
-
-    if model_path.suffix != ".h5":
-        raise ConfigError(f"MODEL {model_path} is an export; evaluate takes a run id or an .h5")
-    metadata = read_model_metadata(model_path)
-    model = keras.models.load_model(model_path, compile=False)
-    size = int(model.input_shape[1])
-    names = metadata.get("class_names") or [str(i) for i in range(model.output_shape[-1])]
-    data = load_dataset(settings.dataset, validation_split=settings.validation_split,
-                        seed=settings.seed, mirror=settings.dataset_mirror)
-    if len(data.class_names) != len(names):
-        raise DataError(f"DATASET {settings.dataset} has {len(data.class_names)} classes but the "
-                        f"model has {len(names)}; evaluate on a dataset of the same classes")
-    chosen = data.val
-    if split == "all":
-        images = (np.concatenate([data.train.images, data.val.images]) if data.train.in_memory
-                  else [*data.train.images, *data.val.images])
-        chosen = Split(images, np.concatenate([data.train.labels, data.val.labels]),
-                       data.train.encoded)
-    preprocess = batch_preprocessor(size, _preprocess(metadata.get("preprocessing")))
-    destination.mkdir(parents=True, exist_ok=True)
-    which = "every image" if split == "all" else "held out"
-    return evaluate(model, chosen, size, preprocess, list(names), destination,
-                    source=f"{settings.dataset} ({which})")

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trainer.artifacts import HISTORY_COLUMNS
+
 PICTURES = (("curves.png", "Training curves"), ("confusion.png", "Confusion matrix"),
             ("samples.png", "Training samples"), ("errors.png", "Misclassified images"))
 STYLE = """
@@ -25,7 +27,7 @@ def _read_json(folder: Path, name: str) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>"
                    for row in rows)
@@ -37,7 +39,24 @@ def _base64(path: Path) -> str:
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return format_value(value)
+
+
+def format_value(value: Any) -> str:
+    """A number as people read it in a table: four significant digits, so that a learning
+    rate of 1e-05 keeps its digits (not 0.0000), and large counts without an exponent."""
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def history_columns(history: list[dict[str, Any]]) -> list[str]:
+    """The contract's column order (epoch first), then any other column the rows carry."""
+    present = {key for row in history for key in row}
+    extra = [key for row in history for key in row if key not in HISTORY_COLUMNS]
+    return [c for c in HISTORY_COLUMNS if c in present] + list(dict.fromkeys(extra))
 
 
 def build_report(folder: Path, run_id: str, summary: dict[str, Any] | None = None) -> str:
@@ -57,23 +76,23 @@ def build_report(folder: Path, run_id: str, summary: dict[str, Any] | None = Non
         if "top5_accuracy" in metrics:
             summary += [["top-5 accuracy", metrics["top5_accuracy"]]]
         summary += [["evaluated on", f"{metrics['evaluated_on']}, {metrics['examples']} images"]]
-    parts.append(_table(["", ""], summary))
+    parts.append(table(["", ""], summary))
     if metrics:
         rows = [[name, m["precision"], m["recall"], m["f1"], m["support"]]
                 for name, m in metrics["per_class"].items()]
         parts += ["<h2>Per class</h2>",
-                  _table(["class", "precision", "recall", "F1", "support"], rows)]
+                  table(["class", "precision", "recall", "F1", "support"], rows)]
     figures = [f"<figure><figcaption>{title}</figcaption><img alt=\"{title}\" "
                f"src=\"data:image/png;base64,{_base64(folder / name)}\"></figure>"
                for name, title in PICTURES if (folder / name).is_file()]
     parts.append(f"<div class=\"figures\">{''.join(figures)}</div>")
     if history:
-        columns = list(history[0])
+        columns = history_columns(history)
         parts += ["<h2>History</h2>",
-                  _table(columns, [[row.get(c, "") for c in columns] for row in history])]
+                  table(columns, [[row.get(c, "") for c in columns] for row in history])]
     settings = config.get("settings", {})
     if settings:
-        parts += ["<h2>Settings</h2>", _table(["setting", "value"],
+        parts += ["<h2>Settings</h2>", table(["setting", "value"],
                                               [[k, v] for k, v in sorted(settings.items())])]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Run {html.escape(run_id)}</title><style>{STYLE}</style></head>"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
-from trainer.artifacts import sha256_of
+from trainer.artifacts import EVALUATION_FILES
 from trainer.errors import DataError, StorageError
-from trainer.evaluation import EVALUATION_FILES
+from trainer.files import sha256_of, write_atomic
+from trainer.report import PICTURES, build_report
 from trainer.storage import Store
 
 FETCHED = ("best.h5", "config.json", "history.json", "manifest.json")
@@ -77,11 +79,6 @@ def fetch_run(store: Store, run_id: str, destination: Path) -> Path:
 
 def rebuild_report(store: Store, run_id: str) -> str:
     """report.html of a run rebuilt from its files in the store; returns where it went."""
-    import tempfile
-
-    from trainer.report import PICTURES, build_report
-    from trainer.storage import write_atomic
-
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         names = ["config.json", "history.json", "metrics.json", "manifest.json",

@@ -1,23 +1,27 @@
 """TensorBoard event files of the per-epoch scalars, under the run's `tensorboard/train` and
-`tensorboard/validation`, so that `trainer fetch` plus `tensorboard --logdir` shows a run."""
+`tensorboard/validation`, so that `trainer fetch` plus `tensorboard --logdir` shows a run; or in
+the folder a platform's TensorBoard reads (Vertex AI's AIP_TENSORBOARD_LOG_DIR)."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+
+import tensorflow as tf
+
+from trainer.artifacts import HistoryRow, RunArtifacts
 
 
 class ScalarLog:
-    def __init__(self, artifacts: Any) -> None:
-        import tensorflow as tf
-
+    def __init__(self, artifacts: RunArtifacts, folder: str | None = None) -> None:
         self.artifacts = artifacts
-        self.writers = {split: tf.summary.create_file_writer(
-            str(artifacts.path(f"tensorboard/{split}"))) for split in ("train", "validation")}
+        # Events published with the run's files, unless the platform reads them where they are.
+        self.published = folder is None
+        self.folder = artifacts.path("tensorboard") if folder is None else Path(folder)
+        self.writers = {split: tf.summary.create_file_writer(str(self.folder / split))
+                        for split in ("train", "validation")}
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: HistoryRow) -> None:
         """One history row; the event files are published (uploaded) after each."""
-        import tensorflow as tf
-
         scalars = {
             "train": {"loss": row["loss"], "accuracy": row["accuracy"],
                       "learning_rate": row["learning_rate"],
@@ -29,9 +33,11 @@ class ScalarLog:
                 for name, value in values.items():
                     tf.summary.scalar(name, value)
             self.writers[split].flush()
+        if not self.published:
+            return
         root = self.artifacts.local_dir
-        for file in sorted(self.artifacts.path("tensorboard").rglob("events.out.tfevents.*")):
-            self.artifacts.publish(str(file.relative_to(root)))
+        for file in sorted(self.folder.rglob("events.out.tfevents.*")):
+            self.artifacts.publish(str(file.relative_to(root)), grows_in_place=True)
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -61,6 +61,8 @@ class SavedModel(Exported):
 
 
 class Onnx(Exported):
+    image_size: int
+
     def __init__(self, path: Path) -> None:
         import onnxruntime
 
@@ -78,6 +80,8 @@ class Onnx(Exported):
 
 
 class LiteRT(Exported):
+    image_size: int
+
     def __init__(self, path: Path) -> None:
         try:
             from ai_edge_litert.interpreter import Interpreter

@@ -9,72 +9,50 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Protocol
 
 from trainer.errors import StorageError
+from trainer.files import write_atomic
 
 
-class Store(ABC):
+def key_in(folder: str, name: str) -> str:
+    """The key of `name` in a run's folder of the store ("" when the store is the run's)."""
+    return f"{folder}/{name}" if folder else name
+
+
+class Store(Protocol):
+    """What the job, `trainer runs` and `trainer fetch` need of a place that keeps runs."""
+
     uri: str
 
-    @abstractmethod
     def check_writable(self) -> None:
         """Fail now (StorageError, TransientError) rather than after an hour of training."""
 
-    @abstractmethod
     def read_bytes(self, key: str) -> bytes | None:
         """The object's content, or None when there is none."""
 
-    @abstractmethod
     def put_file(self, key: str, path: Path) -> None:
         """Store a local file under `key`, atomically."""
 
-    @abstractmethod
     def get_file(self, key: str, path: Path) -> bool:
         """Download `key` to `path` (atomically); False when there is no such object."""
 
-    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove `key`; no error when it is already gone."""
 
-    @abstractmethod
     def list_runs(self) -> list[str]:
         """The run ids under this store."""
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key that starts with `prefix`."""
+
     def local_run_dir(self, run_id: str) -> Path | None:
-        """The folder a run's files live in when this store is a local folder."""
+        """The folder a run's files live in when this store is a local folder, else None."""
         return None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def make_readable(path: str | Path) -> None:
-    """mkstemp creates 0600 files; give finished artifacts the usual permissions."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    make_readable(temporary)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-class LocalStore(Store):
+class LocalStore:
     def __init__(self, root: str) -> None:
         self.root = Path(root).expanduser()
         self.uri = str(self.root)
@@ -119,12 +97,21 @@ class LocalStore(Store):
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and not p.name.startswith("."))
 
+    def list_keys(self, prefix: str) -> list[str]:
+        folder, _, start = prefix.rpartition("/")
+        base = self.root / folder
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob(f"{start}*")
+                      if p.is_file())
+
     def local_run_dir(self, run_id: str) -> Path:
         return self.root / run_id
 
 
 def open_store(uri: str, endpoint_url: str | None = None, addressing_style: str = "auto") -> Store:
     if uri.startswith("s3://"):
+        # boto3 only where S3 is used: a local run starts without it.
         from trainer.s3 import S3Store
 
         return S3Store(uri, endpoint_url=endpoint_url, addressing_style=addressing_style)

@@ -1,0 +1,56 @@
+"""The training recipe's own exits: a loss that diverges, float16 across replicas, and a device
+out of memory are settings to change (exit 2), never bugs to retry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from conftest import TINY_JOB, clean_environ, run_entrypoint
+
+from trainer.control import out_of_memory_is_a_setting
+from trainer.errors import ConfigError
+from trainer.model import build_model
+from trainer.settings import load_settings
+
+
+def test_a_diverging_loss_stops_with_exit_2_keeping_the_epochs_before(
+        tiny_npz: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "start.weights.h5"
+    build_model("VGG16", "avg", 32, 4, None).save_weights(weights)
+    # Epoch 1 trains the head at a sane rate; epoch 2 fine-tunes at an absurd one.
+    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path / "runs"),
+                        RUN_ID="diverges", WEIGHTS=str(weights), EPOCHS="1",
+                        FINE_TUNE_EPOCHS="1", FINE_TUNE_LEARNING_RATE="1e30",
+                        VALIDATION_SPLIT="0.25")
+    result = run_entrypoint(env)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "loss became NaN or infinite in epoch 2" in line and "lower LEARNING_RATE" in line
+    run = tmp_path / "runs" / "diverges"
+    history = json.loads((run / "history.json").read_text())  # valid JSON: NaN is null
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[0]["val_accuracy"] is not None and history[1]["loss"] is None
+    pointer = json.loads((run / "state" / "LATEST.json").read_text())
+    assert pointer["states"][0]["epoch"] == 1  # the diverged epoch is not kept
+    assert (run / "best.h5").is_file() and not (run / "manifest.json").exists()
+
+
+def test_float16_across_replicas_is_refused(tiny_npz: Path, tmp_path: Path) -> None:
+    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path),
+                        PRECISION="float16", CPU_REPLICAS="2")
+    result = run_entrypoint(env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: PRECISION=float16 is not supported with 2 replicas; use PRECISION=bfloat16 "
+        "(or auto), or float32")
+
+
+def test_out_of_device_memory_names_the_sizes_to_lower() -> None:
+    settings = load_settings({"BATCH_SIZE": "512"})
+    expected = r"BATCH_SIZE=512 per replica at IMAGE_SIZE=224; lower BATCH_SIZE or IMAGE_SIZE"
+    with pytest.raises(ConfigError, match=expected), out_of_memory_is_a_setting(settings, 224):
+        # What TensorFlow raises when an allocation on the device fails.
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")

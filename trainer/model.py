@@ -1,0 +1,138 @@
+"""The tutorial's model: a keras.applications backbone without its top, global pooling, and a
+Dense softmax head; its weights (ImageNet, baked into the image, or a file) and its
+preprocessing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from trainer.errors import ConfigError, DataError, TransientError, is_network_outage
+
+
+def preprocess_function(backbone: str) -> Callable[[Any], Any]:
+    """The backbone family's own `preprocess_input` (caffe, tf, torch, or a pass-through)."""
+    constructor = getattr(keras.applications, backbone)
+    return importlib.import_module(constructor.__module__).preprocess_input
+
+
+def preprocessing_name(backbone: str) -> str:
+    """The module whose `preprocess_input` a model needs, e.g. `keras.applications.resnet`."""
+    module = getattr(keras.applications, backbone).__module__
+    return module.replace("keras.src.applications.", "keras.applications.")
+
+
+def build_classifier(backbone: str, pooling: str, image_size: int, num_classes: int,
+                     weights: str | None, environ: dict[str, str]) -> keras.Model:
+    """`build_model` with the job's errors: settings that keras.applications refuses are exit 2;
+    ImageNet weights that cannot be downloaded, or a weights file that is missing or does not
+    fit, exit 3."""
+    if weights == "imagenet":
+        link_baked_weights(environ)
+    elif weights is not None and not Path(weights).is_file():
+        raise DataError(f"WEIGHTS={weights} does not exist; give the path of a weights file, "
+                        "WEIGHTS=imagenet or WEIGHTS=none")
+    try:
+        return build_model(backbone, pooling, image_size, num_classes, weights)
+    except ValueError as error:
+        raise ConfigError(f"BACKBONE={backbone} cannot be built with these settings: "
+                          f"{str(error).splitlines()[0]}") from error
+    except Exception as error:
+        if weights == "imagenet" and is_network_outage(error):
+            raise TransientError(
+                f"WEIGHTS=imagenet: could not download {backbone}'s ImageNet weights "
+                f"({str(error).splitlines()[0][:200]}); the network or the server is down: "
+                "retry later, or give WEIGHTS=<path or s3:// URI of the weights file>") from error
+        if weights == "imagenet" and "fetch" in str(error).lower():
+            raise DataError(
+                f"WEIGHTS=imagenet: could not download {backbone}'s ImageNet weights "
+                "(no internet?); give WEIGHTS=<path or s3:// URI of the weights file>, or bake "
+                f"them into the image with --build-arg BAKE_WEIGHTS={backbone}"
+            ) from error
+        raise
+
+
+def build_model(
+    backbone: str,
+    pooling: str,
+    image_size: int,
+    num_classes: int,
+    weights: str | None,
+) -> keras.Model:
+    """include_top=False backbone, global `pooling`, then a Dense softmax head (float32 output).
+
+    `weights` is "imagenet", None, or a local path to a weights file of the whole model or of
+    the backbone alone; either way only the backbone's weights are used, the head starts fresh.
+    """
+    constructor = getattr(keras.applications, backbone)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    base_weights = "imagenet" if weights == "imagenet" else None
+    base = constructor(include_top=False, weights=base_weights, input_tensor=inputs,
+                       pooling=pooling)
+    _synchronize_batch_norm(base)
+    head = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                              name="predictions")
+    outputs = head(base.output)
+    model = keras.Model(inputs, outputs, name=f"{backbone.lower()}_{pooling}_classifier")
+    if weights not in (None, "imagenet"):
+        _load_weights_file(model, base, weights)
+    return model
+
+
+def link_baked_weights(environ: dict[str, str]) -> None:
+    """ImageNet weights baked into the image (BAKED_KERAS_HOME/models) linked into the Keras
+    cache, which on Kubernetes is an empty writable volume, so Keras finds them offline."""
+    baked = Path(environ.get("BAKED_KERAS_HOME", "")) / "models"
+    if not environ.get("BAKED_KERAS_HOME") or not baked.is_dir():
+        return
+    home = Path(environ.get("KERAS_HOME") or Path.home() / ".keras")
+    if not os.access(home if home.exists() else home.parent, os.W_OK):
+        home = Path("/tmp/.keras")  # where Keras itself falls back to
+    cache = home / "models"
+    if cache.resolve() == baked.resolve():
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    for file in baked.iterdir():
+        if not (cache / file.name).exists():
+            (cache / file.name).symlink_to(file)
+
+
+def _synchronize_batch_norm(base: keras.Model) -> None:
+    # keras.applications keeps BatchNormalization statistics per replica; computing them over
+    # the global batch keeps every replica's moving mean and variance identical, so the saved
+    # model is the same whichever replica it is read from.
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+
+
+def _reset_head(model: keras.Model) -> None:
+    """A fresh head: WEIGHTS are where the backbone starts, whatever the file held. A head
+    trained on other classes starts confidently wrong, and its large weights take many steps
+    to unlearn (measured: below chance after 3 epochs of head training on 96 images)."""
+    head = model.get_layer("predictions")
+    head.kernel.assign(head.kernel_initializer(head.kernel.shape, dtype=head.kernel.dtype))
+    head.bias.assign(head.bias_initializer(head.bias.shape, dtype=head.bias.dtype))
+
+
+def _load_weights_file(model: keras.Model, base: keras.Model, path: str) -> None:
+    errors = []
+    # The whole model first: a backbone-only file into the whole model raises, whereas a
+    # whole-model file loads into the backbone without a word and leaves the head random.
+    for target in (model, base):
+        try:
+            target.load_weights(path)
+            _reset_head(model)
+            return
+        except Exception as error:  # noqa: BLE001 - each failure is reported below
+            errors.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    raise DataError(
+        f"WEIGHTS={path} does not fit the {model.name} backbone or model ({errors[0]}); "
+        "give a weights file saved from the same BACKBONE, or WEIGHTS=imagenet or none"
+    )

@@ -1,0 +1,229 @@
+"""Every setting as an option: its variable, its `trainer train` flag, its help, and how its
+text becomes a value (a ConfigError naming the variable and the fix when it cannot)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.backbones import canonical_name
+from trainer.errors import ConfigError
+
+BUILTIN_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
+MONITOR_NAMES = ("val_accuracy", "val_loss", "accuracy", "loss")
+RUN_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+AUGMENTATIONS = ("flip", "crop", "translate")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its variable, its help, and how its text becomes a value."""
+
+    field: str
+    variable: str
+    help: str
+    parse: Callable[[str, str], Any]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+def _fail(variable: str, value: str, expected: str) -> ConfigError:
+    return ConfigError(f"{variable}={value!r} is invalid: {expected}")
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
+    def parse(variable: str, text: str) -> int:
+        expected = f"give a whole number >= {minimum}" + (f" and <= {maximum}" if maximum else "")
+        try:
+            value = int(text)
+        except ValueError:
+            raise _fail(variable, text, expected) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise _fail(variable, text, expected)
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float | None, *, low_inclusive: bool) -> Callable[[str, str], float]:
+    def parse(variable: str, text: str) -> float:
+        expected = f"give a number {'>=' if low_inclusive else '>'} {low:g}"
+        expected += f" and < {high:g}" if high is not None else ""
+        try:
+            value = float(text)
+        except ValueError:
+            raise _fail(variable, text, expected) from None
+        too_low = value < low if low_inclusive else value <= low
+        if too_low or (high is not None and value >= high) or value != value:
+            raise _fail(variable, text, expected)
+        return value
+
+    return parse
+
+
+def _choice(*choices: str, lower: bool = True) -> Callable[[str, str], str]:
+    def parse(variable: str, text: str) -> str:
+        value = text.strip().lower() if lower else text.strip().upper()
+        if value not in choices:
+            raise _fail(variable, text, "choose one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def _fine_tune_layers(variable: str, text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return _integer(1, 10000)(variable, text)
+    except ConfigError:
+        raise _fail(variable, text, "give all, or the number N >= 1 of the backbone's top "
+                    "layers with weights to unfreeze") from None
+
+
+def _augment(variable: str, text: str) -> str:
+    value = text.strip().lower().replace(" ", "")
+    if value in ("auto", "none"):
+        return value
+    kinds = value.split(",")
+    if not value or any(kind not in AUGMENTATIONS for kind in kinds):
+        raise _fail(variable, text, "give auto, none, or a comma-separated list of "
+                    + ", ".join(AUGMENTATIONS))
+    return ",".join(kind for kind in AUGMENTATIONS if kind in kinds)
+
+
+def _backbone(variable: str, text: str) -> str:
+    name = canonical_name(text)
+    if name is None:
+        raise _fail(variable, text, "name a keras.applications model, e.g. ResNet50, MobileNetV2, "
+                    "EfficientNetB0 (any model in keras.applications, any case)")
+    return name
+
+
+def _text(variable: str, text: str) -> str:
+    if not text.strip():
+        raise _fail(variable, text, "it must not be empty")
+    return text.strip()
+
+
+def _optional_text(variable: str, text: str) -> str | None:
+    return text.strip() or None
+
+
+def _artifact_uri(variable: str, text: str) -> str:
+    value = _text(variable, text)
+    if "://" in value and not value.startswith("s3://"):
+        raise _fail(variable, text, "give a local folder or s3://bucket[/prefix]")
+    if value.startswith("s3://"):
+        bucket = value[5:].split("/", 1)[0]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise _fail(variable, text, "the bucket name after s3:// must be 3-63 characters of "
+                        "a-z, 0-9, '.' and '-'")
+    return value
+
+
+def check_run_id(text: str, variable: str = "RUN_ID") -> str:
+    """A run id as given to a command, checked like RUN_ID."""
+    return _run_id(variable, text)
+
+
+def _run_id(variable: str, text: str) -> str:
+    value = text.strip()
+    if value and (not RUN_ID_PATTERN.fullmatch(value) or ".." in value):
+        raise _fail(variable, text, "use at most 128 characters of a-z, 0-9, '.', '_' and '-', "
+                    "starting with a letter or digit, without '..'")
+    return value
+
+
+def _weights(variable: str, text: str) -> str:
+    value = _text(variable, text)
+    return value.lower() if value.lower() in ("imagenet", "none") else value
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("dataset", "DATASET", "Built-in name (" + ", ".join(BUILTIN_DATASETS) + ") or a local "
+           "path / s3:// URI of an .npz, an image folder or a TFRecord folder.", _text),
+    Option("dataset_mirror", "DATASET_MIRROR", "URL or local folder holding the built-in "
+           "datasets' archives under their usual names, for clusters without internet.",
+           _optional_text),
+    Option("backbone", "BACKBONE", "keras.applications model name, case-insensitive.", _backbone),
+    Option("pooling", "POOLING", "Global pooling before the softmax head: avg or max.",
+           _choice("avg", "max")),
+    Option("epochs", "EPOCHS", "Number of epochs (>= 1).", _integer(1, 100000)),
+    Option("batch_size", "BATCH_SIZE", "Batch size per replica; the global batch is this times "
+           "the replicas.", _integer(1, 65536)),
+    Option("image_size", "IMAGE_SIZE", "Side N of the N x N input; default: the dataset's own, "
+           "raised to the backbone's minimum.", _integer(1, 2048)),
+    Option("weights", "WEIGHTS", "imagenet, none, or a local path or s3:// URI of a weights file.",
+           _weights),
+    Option("learning_rate", "LEARNING_RATE", "Adam learning rate (> 0).",
+           _number(0.0, None, low_inclusive=False)),
+    Option("validation_split", "VALIDATION_SPLIT", "Fraction held out for validation when the "
+           "dataset has no validation or test split (0 < x < 1).",
+           _number(0.0, 1.0, low_inclusive=False)),
+    Option("monitor", "MONITOR", "Metric that picks the best epoch: " + ", ".join(MONITOR_NAMES)
+           + " (losses minimise).", _choice(*MONITOR_NAMES)),
+    Option("seed", "SEED", "Random seed for the split, the shuffling and the initial weights.",
+           _integer(0, 2**31 - 1)),
+    Option("artifact_uri", "ARTIFACT_URI", "Where runs are stored: a local folder or "
+           "s3://bucket[/prefix].", _artifact_uri),
+    Option("run_id", "RUN_ID", "Run name, [a-z0-9][a-z0-9._-]*, at most 128 characters; "
+           "default: generated from the time, backbone and dataset.", _run_id),
+    Option("s3_endpoint_url", "S3_ENDPOINT_URL", "S3-compatible endpoint; default AWS "
+           "(AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL work too).", _optional_text),
+    Option("s3_addressing_style", "S3_ADDRESSING_STYLE", "auto, path or virtual.",
+           _choice("auto", "path", "virtual")),
+    Option("cpu_replicas", "CPU_REPLICAS", "Split the CPU into N logical devices, so "
+           "MirroredStrategy runs N replicas without GPUs.", _integer(1, 64)),
+    Option("log_format", "LOG_FORMAT", "json or text; default: text on a terminal, json off one.",
+           _choice("json", "text")),
+    Option("log_level", "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR; DEBUG also shows "
+           "tracebacks.", _choice(*LOG_LEVELS, lower=False)),
+    Option("upload_timeout", "UPLOAD_TIMEOUT", "Seconds to wait after training for unreachable "
+           "storage before exiting 75 with the local copies kept.",
+           _number(0.0, None, low_inclusive=True)),
+    Option("steps_per_call", "STEPS_PER_CALL", "Training steps per compiled call: more keeps a "
+           "GPU busier; SIGTERM is answered after the current call.", _integer(1, 10000)),
+    Option("work_dir", "WORK_DIR", "Local folder for a run's files before upload, and the cache "
+           "of datasets and weights fetched from S3.", _text),
+    Option("fine_tune_epochs", "FINE_TUNE_EPOCHS", "Two-phase transfer learning: after EPOCHS "
+           "epochs of the head alone (backbone frozen, BatchNorm in inference mode), this many "
+           "more with FINE_TUNE_LAYERS unfrozen; 0 trains the whole model for EPOCHS.",
+           _integer(0, 100000)),
+    Option("fine_tune_layers", "FINE_TUNE_LAYERS", "all, or N: the backbone's top N layers with "
+           "weights that the fine-tuning phase trains (BatchNorm layers are not counted and "
+           "stay frozen).",
+           _fine_tune_layers),
+    Option("fine_tune_learning_rate", "FINE_TUNE_LEARNING_RATE", "Learning rate of the "
+           "fine-tuning phase; default LEARNING_RATE / 10.",
+           _number(0.0, None, low_inclusive=False)),
+    Option("lr_schedule", "LR_SCHEDULE", "constant, or cosine: decay to 0 over each phase.",
+           _choice("constant", "cosine")),
+    Option("warmup_epochs", "WARMUP_EPOCHS", "Epochs of linear warm-up from 0 at the start of "
+           "training (< EPOCHS).", _integer(0, 100000)),
+    Option("label_smoothing", "LABEL_SMOOTHING", "Label smoothing of the training loss "
+           "(0 <= x < 1).", _number(0.0, 1.0, low_inclusive=True)),
+    Option("early_stopping_patience", "EARLY_STOPPING_PATIENCE", "Stop when MONITOR has not "
+           "improved for this many epochs of the last phase; 0 never stops early.",
+           _integer(0, 100000)),
+    Option("augment", "AUGMENT", "auto, none, or a list of " + ", ".join(AUGMENTATIONS)
+           + "; auto is flip,translate except for digits and mnist (none).", _augment),
+    Option("precision", "PRECISION", "auto, float32, bfloat16 or float16 (mixed, with loss "
+           "scaling); auto is bfloat16 on GPUs that support it, float32 elsewhere.",
+           _choice("auto", "float32", "bfloat16", "float16")),
+    Option("xla", "XLA", "auto, on or off: XLA-compile each replica's forward and backward "
+           "pass; auto is on with one GPU per worker, off otherwise.",
+           _choice("auto", "on", "off")),
+    Option("peer_timeout", "PEER_TIMEOUT", "Multi-worker runs: seconds to wait at start for "
+           "every peer worker to answer before exiting 75 naming the missing ones.",
+           _number(0.0, None, low_inclusive=False)),
+    Option("termination_grace_seconds", "TERMINATION_GRACE_SECONDS", "The pod's grace period "
+           "after SIGTERM (the manifests set it to terminationGracePeriodSeconds): the job "
+           "saves its state and uploads it within it, 5 s to spare.",
+           _number(5.0, None, low_inclusive=False)),
+)

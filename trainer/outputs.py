@@ -1,0 +1,270 @@
+"""What a run leaves behind, in the order that makes it safe to read at any moment.
+
+Only the chief writes: `ChiefOutputs` writes and publishes the run's files, `WorkerOutputs` is
+its do-nothing twin for the other workers, so the training code never asks who it is. The order,
+and why:
+1. `config.json` and `samples.png` at the start;
+2. after each epoch: the resume state first (what a restart trusts), then `best.h5` when the
+   epoch is the best (a restart between the two republishes it from the state), then the
+   curves and TensorBoard events, and `history.json` last: it is what readers take as "this
+   epoch is done";
+3. at the end: the evaluation and the report, every upload finished, then `manifest.json`,
+   which lists every artifact with its sha256 and says the run finished.
+No TensorFlow here: the model, the checkpoint and the evaluation come from the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from trainer.artifacts import EVALUATION_FILES, HistoryRow, RunArtifacts
+from trainer.data import Dataset, pixels
+from trainer.errors import TrainerError
+from trainer.files import sha256_of, write_atomic
+from trainer.logs import get_logger
+from trainer.plots import save_curves, save_samples
+from trainer.report import build_report
+from trainer.settings import Settings
+from trainer.state import LoopState, save_state
+from trainer.storage import LocalStore, Store
+from trainer.tracking import Tracker
+from trainer.uploader import Uploader
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from trainer.control import StopRequest
+    from trainer.scalars import ScalarLog
+
+SAMPLES_SHOWN = 32
+Evaluate = Callable[[Path, Path], dict[str, Any]]  # (best.h5, folder) -> metrics.json content
+
+
+class Outputs(Protocol):
+    def start(self, config: dict[str, Any], dataset: Dataset) -> None: ...
+    def track(self, tracker: Tracker | None, state: LoopState) -> None: ...
+    def resumed(self, state: LoopState, model: keras.Model) -> LoopState: ...
+    def epoch_done(self, state: LoopState, improved: bool, model: keras.Model,
+                   checkpoint: tf.train.Checkpoint) -> None: ...
+    def save_for_restart(self, state: LoopState, checkpoint: tf.train.Checkpoint,
+                         saved: bool, stop: StopRequest) -> None: ...
+    def diverged(self, state: LoopState, row: HistoryRow) -> None: ...
+    def upload_what_was_saved(self, stop: StopRequest) -> None: ...
+    def finish(self, state: LoopState, evaluate: Evaluate, stop: StopRequest) -> str: ...
+
+
+class ChiefOutputs:
+    def __init__(self, artifacts: RunArtifacts, state_files: RunArtifacts, settings: Settings,
+                 metadata: dict[str, Any], fingerprint: dict[str, Any],
+                 scalars: ScalarLog) -> None:
+        self.artifacts = artifacts
+        self.state_files = state_files  # the run's own, unless the platform keeps them apart
+        self.settings = settings
+        self.metadata = metadata
+        self.fingerprint = fingerprint
+        self.scalars = scalars
+        self.best_sha256: str | None = None  # of best.h5 as last saved or adopted
+        self.tracker: Tracker | None = None
+
+    def track(self, tracker: Tracker | None, state: LoopState) -> None:
+        """MLflow, when it is set up: the epochs a restarted run had before that MLflow lacks
+        are logged first (each epoch once, whatever the restarts)."""
+        self.tracker = tracker
+        if tracker is not None and state.history:
+            tracker.log_history(state.history)
+
+    def start(self, config: dict[str, Any], dataset: Dataset) -> None:
+        self.artifacts.write_json("config.json", config)
+        split = dataset.train
+        chosen = np.random.default_rng(0).permutation(len(split))[:SAMPLES_SHOWN]
+        names = [dataset.class_names[split.labels[i]] for i in chosen]
+        save_samples(pixels(split, chosen), names, self.artifacts.path("samples.png"))
+        self.artifacts.publish("samples.png")
+
+    def resumed(self, state: LoopState, model: keras.Model) -> LoopState:
+        """After a restart: history from the state, and best.h5 again if the restored model is
+        the best one (the previous attempt may have stopped between the state and best.h5),
+        else the stored best.h5 if it is the one the state recorded. If it is not (damaged, or
+        gone), the best epoch is chosen afresh from the epochs to come."""
+        if not state.history:
+            return state
+        self.artifacts.write_history(state.history)
+        if state.holds_the_best_weights:
+            self._save_best(model, state)
+        elif self.artifacts.adopt("best.h5", state.best_sha256):
+            self.best_sha256 = state.best_sha256
+        else:
+            get_logger().warning(
+                f"best.h5 of epoch {state.best_epoch} is missing or damaged in the store; the "
+                "best epoch is chosen again from the epochs to come",
+                extra={"run_id": self.settings.run_id})
+            return dataclasses.replace(state, best_value=None, best_epoch=0)
+        return state
+
+    def epoch_done(self, state: LoopState, improved: bool, model: keras.Model,
+                   checkpoint: tf.train.Checkpoint) -> None:
+        self.artifacts.raise_if_refused()
+        self._save_state(checkpoint, state)
+        if self.tracker is not None:
+            self.tracker.log_epoch(state.history[-1])
+        if improved:
+            self._save_best(model, state)
+        save_curves(state.history, state.best_epoch, self.settings.monitor,
+                    self.artifacts.path("curves.png"))
+        self.artifacts.publish("curves.png")
+        self.scalars.write(state.history[-1])
+        self.artifacts.write_history(state.history)
+
+    def save_for_restart(self, state: LoopState, checkpoint: tf.train.Checkpoint,
+                         saved: bool, stop: StopRequest) -> None:
+        """SIGTERM: the state (unless `saved` already) in the store within the grace period."""
+        if not saved:
+            self._save_state(checkpoint, state)
+        self._end_tracking("KILLED")
+        self.artifacts.finish_uploads(min(self.settings.upload_timeout,
+                                          stop.upload_seconds_left()))
+
+    def diverged(self, state: LoopState, row: HistoryRow) -> None:
+        """The history shows the epoch that diverged (its NaN as null); the state and best.h5
+        stay those of the epoch before."""
+        self.artifacts.write_history((*state.history, row))
+
+    def upload_what_was_saved(self, stop: StopRequest) -> None:
+        """Whatever else ends the run (a lost peer, a bug), the state saved before it may still
+        be uploading: let it finish, so that a restart resumes from it."""
+        self._end_tracking("FAILED")
+        try:
+            self.artifacts.finish_uploads(self.settings.upload_timeout, stop,
+                                          stop.upload_seconds_left())
+        except TrainerError as error:
+            get_logger().warning(f"the saved state could not all be uploaded: {error}")
+
+    def finish(self, state: LoopState, evaluate: Evaluate, stop: StopRequest) -> str:
+        """The evaluation, the report, then the manifest once everything it lists is stored;
+        returns where best.h5 is."""
+        settings, artifacts = self.settings, self.artifacts
+        self.scalars.close()
+        summary = {"status": "finished", "best_epoch": state.best_epoch,
+                   "best_value": state.best_value, "monitor": settings.monitor}
+        metrics = evaluate(artifacts.path("best.h5"), artifacts.local_dir)
+        page = build_report(artifacts.local_dir, settings.run_id, summary)
+        write_atomic(artifacts.path("report.html"), page.encode())
+        for name in (*EVALUATION_FILES, "report.html"):
+            artifacts.publish(name)
+        get_logger().info("evaluated the best model", extra={
+            "run_id": settings.run_id, **{key: metrics[key] for key in
+                                          ("accuracy", "macro_f1", "top5_accuracy")
+                                          if key in metrics}})
+        if self.tracker is not None:
+            files = [artifacts.path(name) for name in ("best.h5", "export", "report.html",
+                                                       "curves.png", "metrics.json")]
+            self.tracker.log_final(metrics, [path for path in files if path.exists()])
+            self.tracker.register_model()
+            self._end_tracking("FINISHED")
+        artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
+        manifest = artifacts.manifest(**summary, epochs_done=len(state.history),
+                                      stopped_early=len(state.history) < settings.total_epochs)
+        artifacts.write_json("manifest.json", manifest)
+        artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
+        return artifacts.key("best.h5")
+
+    def _save_state(self, checkpoint: tf.train.Checkpoint, state: LoopState) -> None:
+        """The state, with best.h5's digest unless its own weights are the best (then a restart
+        makes best.h5 again from them, whether or not the upload of best.h5 got through), and
+        the MLflow run that a restart goes on logging to."""
+        best = None if state.holds_the_best_weights else self.best_sha256
+        tracking = self.tracker.mlflow_run_id if self.tracker else state.tracking_run_id
+        save_state(self.state_files, checkpoint,
+                   dataclasses.replace(state, best_sha256=best, tracking_run_id=tracking),
+                   self.fingerprint)
+
+    def _end_tracking(self, status: str) -> None:
+        if self.tracker is not None:
+            self.tracker.end(status)
+            self.tracker = None
+
+    def _save_best(self, model: keras.Model, state: LoopState) -> None:
+        self.artifacts.save_model(model, "best.h5", {**self.metadata, "epoch": state.best_epoch})
+        self.best_sha256 = sha256_of(self.artifacts.path("best.h5"))
+        get_logger().info("saved best.h5", extra={"run_id": self.settings.run_id,
+                                                  "epoch": state.best_epoch,
+                                                  self.settings.monitor: state.best_value})
+
+
+class WorkerOutputs:
+    """A worker other than the chief: it trains, and writes nothing."""
+
+    def start(self, config: dict[str, Any], dataset: Dataset) -> None:
+        pass
+
+    def track(self, tracker: Tracker | None, state: LoopState) -> None:
+        pass
+
+    def resumed(self, state: LoopState, model: keras.Model) -> LoopState:
+        return state
+
+    def epoch_done(self, state: LoopState, improved: bool, model: keras.Model,
+                   checkpoint: tf.train.Checkpoint) -> None:
+        pass
+
+    def save_for_restart(self, state: LoopState, checkpoint: tf.train.Checkpoint,
+                         saved: bool, stop: StopRequest) -> None:
+        pass
+
+    def diverged(self, state: LoopState, row: HistoryRow) -> None:
+        pass
+
+    def upload_what_was_saved(self, stop: StopRequest) -> None:
+        pass
+
+    def finish(self, state: LoopState, evaluate: Evaluate, stop: StopRequest) -> str:
+        return ""
+
+
+def run_files(settings: Settings, store: Store) -> tuple[RunArtifacts, RunArtifacts]:
+    """The run's files, and those of its resume state (the same, unless a platform keeps the
+    state elsewhere: SageMaker's checkpoints/, Vertex AI's AIP_CHECKPOINT_DIR). Written in
+    place in a local store; in WORK_DIR, then uploaded in the background, in object storage."""
+    local_dir = store.local_run_dir(settings.run_key)
+    if local_dir is not None:
+        artifacts = RunArtifacts(store, settings.run_key, local_dir)
+    else:
+        work = Path(settings.work_dir) / "runs" / settings.run_key
+        artifacts = RunArtifacts(store, settings.run_key, work,
+                                 publisher=Uploader(store, staging=work / ".uploads"))
+    if not settings.state_dir:
+        return artifacts, artifacts
+    state_store = LocalStore(settings.state_dir)
+    return artifacts, RunArtifacts(state_store, "", state_store.root)
+
+
+def state_place(settings: Settings, store: Store) -> tuple[Store, str, Path]:
+    """Where a restart finds the resume state: the store, the run's key in it, and the local
+    folder the state's files are brought to (the one run_files writes them in)."""
+    if settings.state_dir:
+        state_store = LocalStore(settings.state_dir)
+        return state_store, "", state_store.root
+    local_dir = store.local_run_dir(settings.run_key)
+    return store, settings.run_key, local_dir or Path(settings.work_dir) / "runs" / settings.run_key
+
+
+def run_config(settings: Settings, metadata: dict[str, Any], replicas: int,
+               dataset: Dataset, versions: dict[str, str]) -> dict[str, Any]:
+    """config.json: the resolved settings (no secrets) and what else reproduces the run."""
+    return {
+        "settings": settings.public_dict(),
+        **metadata,
+        "replicas": replicas,
+        "global_batch_size": settings.batch_size * replicas,
+        "train_examples": len(dataset.train),
+        "validation_examples": len(dataset.val),
+        "versions": versions,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
