@@ -259,7 +259,7 @@ def check_jobset_failure_policy(jobset: dict[str, Any]) -> None:
 
 def test_the_overlays() -> None:
     assert OVERLAYS == ["jobset", "multi-gpu", "multi-node", "s3-custom-endpoint", "single-gpu",
-                        "trainjob"]
+                        "sweep", "trainjob"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -128,10 +128,12 @@ def test_transfer_learning_settings_are_parsed() -> None:
     assert load_settings({"LEARNING_RATE": "0.01"}).fine_tune_rate == pytest.approx(0.001)
 
 
-def test_augmentation_is_off_by_default_for_digits_only() -> None:
-    assert load_settings({"DATASET": "digits"}).augmentations == ()
-    assert load_settings({"DATASET": "mnist"}).augmentations == ()
+def test_augmentation_is_on_by_default_for_the_built_in_photos_only() -> None:
     assert load_settings({"DATASET": "cifar10"}).augmentations == ("flip", "translate")
+    assert load_settings({"DATASET": "cifar100"}).augmentations == ("flip", "translate")
+    # Data the job cannot know to be photos is trained as given, as the tutorial does.
+    for dataset in ("digits", "mnist", "fashion_mnist", "/data/flowers", "s3://b/set.npz"):
+        assert load_settings({"DATASET": dataset}).augmentations == (), dataset
     assert load_settings({"DATASET": "digits", "AUGMENT": "crop"}).augmentations == ("crop",)
     assert load_settings({"AUGMENT": "none"}).augmentations == ()
 

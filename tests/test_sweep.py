@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import clean_environ
 
-from trainer.distribution import tf_config_from_indexed_job
+from trainer.cluster import tf_config_from_indexed_job
 from trainer.errors import ConfigError
 from trainer.report import format_value
 from trainer.settings import load_settings
@@ -130,10 +130,10 @@ def _overlay(**settings: str) -> list[dict]:
 
 @kubectl
 def test_sweep_overlay_renders_and_validates(tmp_path: Path) -> None:
-    from test_k8s import render_text, validate
+    from test_k8s import render, validate
 
-    validate(render_text("sweep"), tmp_path)
-    validate(render_text("sweep", RUN_ID="lr-sweep-1"), tmp_path)
+    validate(render("sweep"), tmp_path)
+    validate(render("sweep", RUN_ID="lr-sweep-1"), tmp_path)
 
 
 @kubectl

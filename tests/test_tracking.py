@@ -281,3 +281,17 @@ def test_a_server_never_reached_is_named_without_credentials(warnings_logged: li
     messages = [w.getMessage() for w in warnings_logged]
     assert len(messages) == 2 and f"127.0.0.1:{port}" in messages[0]
     assert not any("s3cret" in m for m in messages)
+
+
+def test_a_call_mlflow_refuses_is_dropped_and_the_next_ones_are_logged(
+        mlflow_server: MlflowServer, warnings_logged: list) -> None:
+    tracker = Tracker.open(_environ(mlflow_server, "refusals"), "refused", None, PARAMS, TAGS)
+    tracker.log_epoch({"epoch": 1, "no such name!": 1.0})  # not a valid MLflow metric name
+    tracker.log_epoch(_row(2))
+    assert tracker.pending == []
+    (warning,) = warnings_logged  # the refusal, never an outage
+    assert warning.getMessage().startswith("MLflow refused metrics of epoch 1: ")
+    assert tracker.end("FINISHED") == []
+    client = mlflow_server.client()
+    assert _epochs_logged(client, tracker.mlflow_run_id) == {k: [2] for k in METRICS}
+    assert client.get_run(tracker.mlflow_run_id).info.status == "FINISHED"

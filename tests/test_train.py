@@ -54,3 +54,17 @@ def test_out_of_device_memory_names_the_sizes_to_lower() -> None:
     with pytest.raises(ConfigError, match=expected), out_of_memory_is_a_setting(settings, 224):
         # What TensorFlow raises when an allocation on the device fails.
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+
+def test_precision_auto_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path: Path) -> None:
+    from trainer.distribution import resolve_precision
+
+    def cpu(flags: str) -> str:
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+        return str(tmp_path / "cpuinfo")
+
+    # This machine has no GPU: the CPU's flags decide.
+    assert resolve_precision("auto", cpu("avx512f amx_tile amx_bf16")) == (
+        "mixed_bfloat16", "auto: the CPU has AMX-BF16 (amx_bf16)")
+    assert resolve_precision("auto", cpu("avx512f avx512_bf16"))[0] == "float32"
+    assert resolve_precision("float16", cpu("amx_bf16")) == ("mixed_float16", "PRECISION=float16")

@@ -212,9 +212,11 @@ OPTIONS: tuple[Option, ...] = (
            "improved for this many epochs of the last phase; 0 never stops early.",
            _integer(0, 100000)),
     Option("augment", "AUGMENT", "auto, none, or a list of " + ", ".join(AUGMENTATIONS)
-           + "; auto is flip,translate except for digits and mnist (none).", _augment),
+           + "; auto is flip,translate for cifar10 and cifar100, none for any other dataset.",
+           _augment),
     Option("precision", "PRECISION", "auto, float32, bfloat16 or float16 (mixed, with loss "
-           "scaling); auto is bfloat16 on GPUs that support it, float32 elsewhere.",
+           "scaling); auto is bfloat16 where the hardware runs it natively (GPUs of compute "
+           "capability 8.0 or newer, CPUs with AMX-BF16), float32 elsewhere.",
            _choice("auto", "float32", "bfloat16", "float16")),
     Option("xla", "XLA", "auto, on or off: XLA-compile each replica's forward and backward "
            "pass; auto is on with one GPU per worker, off otherwise.",

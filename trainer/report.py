@@ -68,15 +68,15 @@ def build_report(folder: Path, run_id: str, summary: dict[str, Any] | None = Non
     metrics = _read_json(folder, "metrics.json")
     manifest = summary or _read_json(folder, "manifest.json") or {}
     parts = [f"<h1>Run {html.escape(run_id)}</h1>"]
-    summary = [["status", manifest.get("status", "not finished")],
-               ["best epoch", manifest.get("best_epoch", "")],
-               [manifest.get("monitor", "best value"), manifest.get("best_value", "")]]
+    overview = [["status", manifest.get("status", "not finished")],
+                ["best epoch", manifest.get("best_epoch", "")],
+                [manifest.get("monitor", "best value"), manifest.get("best_value", "")]]
     if metrics:
-        summary += [["accuracy (best model)", metrics["accuracy"]]]
+        overview += [["accuracy (best model)", metrics["accuracy"]]]
         if "top5_accuracy" in metrics:
-            summary += [["top-5 accuracy", metrics["top5_accuracy"]]]
-        summary += [["evaluated on", f"{metrics['evaluated_on']}, {metrics['examples']} images"]]
-    parts.append(table(["", ""], summary))
+            overview += [["top-5 accuracy", metrics["top5_accuracy"]]]
+        overview += [["evaluated on", f"{metrics['evaluated_on']}, {metrics['examples']} images"]]
+    parts.append(table(["", ""], overview))
     if metrics:
         rows = [[name, m["precision"], m["recall"], m["f1"], m["support"]]
                 for name, m in metrics["per_class"].items()]

@@ -24,7 +24,9 @@ from trainer.redaction import redact
 MONITORS: dict[str, Literal["max", "min"]] = {"val_accuracy": "max", "val_loss": "min",
                                               "accuracy": "max", "loss": "min"}
 # Built-ins whose images a horizontal flip or a crop would falsify (a flipped 2 is no 2).
-UNAUGMENTED_DATASETS = ("digits", "mnist")
+# Built-ins of natural photos, which flips and shifts leave true; anything else (digits, a user's
+# own data the job cannot know to be photos) is augmented only when AUGMENT asks for it.
+AUGMENTED_DATASETS = ("cifar10", "cifar100")
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class Settings:
     def augmentations(self) -> tuple[str, ...]:
         """The augmentations in effect: AUGMENT resolved for the dataset."""
         if self.augment == "auto":
-            return () if self.dataset in UNAUGMENTED_DATASETS else ("flip", "translate")
+            return ("flip", "translate") if self.dataset in AUGMENTED_DATASETS else ()
         return () if self.augment == "none" else tuple(self.augment.split(","))
 
     def public_dict(self) -> dict[str, Any]:

@@ -13,11 +13,9 @@ back and continues the same MLflow run (without it, the newest unfinished MLflow
 this RUN_ID in the experiment is continued). Metrics are keyed by (name, epoch) and what the
 MLflow run already holds is read first, so no epoch is logged twice.
 
-Best effort: an unreachable tracking server is one warning, never the job's failure. What could
-not be logged is kept, in order, and logged at the next call that reaches the server; what is
-still missing at `end` is named in one warning. MLflow's HTTP client retries for minutes by
-default: unless the environment says otherwise it is set here to one retry and a 10 s timeout,
-so a server that is down costs seconds per epoch.
+Best effort (`trainer.backlog`): an unreachable tracking server is one warning, never the job's
+failure; what could not be logged is sent, in order, once the server answers again, and what is
+still missing at `end` is named in one warning.
 
 Read here from `environ`: MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID,
 MLFLOW_RUN_ID (a run to continue) and MLFLOW_REGISTERED_MODEL_NAME. MLflow itself reads the rest
@@ -29,40 +27,22 @@ MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_S3_ENDPOINT_URL, ...). `mlflow-skinny` is e
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from trainer.backlog import Backlog, configure_client, error_code
 from trainer.logs import get_logger
+from trainer.redaction import redact
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 RUN_ID_TAG = "trainer.run_id"
 REGISTERED_MODEL_VARIABLE = "MLFLOW_REGISTERED_MODEL_NAME"
-# MLflow's own variables, unless the user set them: seconds, not minutes, against a dead server.
-CLIENT_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    # stdout carries the job's JSON log lines: MLflow's "View run" banner would break them.
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-}
-# Refusals that no retry can change: the item is dropped with a warning.
-PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
-                    "INVALID_STATE"}
 BATCH = 100  # MLflow's log_batch takes at most 100 params (1000 metrics) per call
 FINAL_PREFIX = "best_model/"
 SAVEDMODEL_ARTIFACT = "export/savedmodel"
-
-
-@dataclass
-class _Pending:
-    what: str  # named in the warnings: "metrics of epoch 3", "artifact best.h5"
-    action: Callable[[], None]
-    needs_run: bool = True
 
 
 class Tracker:
@@ -79,14 +59,13 @@ class Tracker:
         self._tags = {RUN_ID_TAG: run_id, **{str(k): str(v) for k, v in tags.items()}}
         self.mlflow_run_id: str | None = None
         self.artifact_uri: str | None = None
-        self._pending: list[_Pending] = []
         self._logged: set[tuple[str, int]] = set()
         self._synced = False
         self._artifacts: set[str] = set()
-        self._failing = False
-        self._ended = False
-        self._disabled = False
         self._log = get_logger()
+        self._backlog = Backlog(f"MLflow tracking server {self.uri}", prepare=self._sync,
+                                lost=self._unsync,
+                                context=lambda: {"mlflow_run_id": self.mlflow_run_id})
 
     @classmethod
     def open(cls, environ: Mapping[str, str], run_id: str, resumed_mlflow_run_id: str | None,
@@ -96,8 +75,7 @@ class Tracker:
         uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
         if not uri:
             return None
-        for name, value in CLIENT_DEFAULTS.items():
-            os.environ.setdefault(name, value)
+        configure_client(os.environ)
         try:
             from mlflow import MlflowClient
         except ImportError:
@@ -106,20 +84,18 @@ class Tracker:
             return None
         tracker = cls(MlflowClient(tracking_uri=uri), environ, run_id, resumed_mlflow_run_id,
                       params, tags)
-        tracker._pending.append(_Pending("the MLflow run with its params", tracker._start,
-                                         needs_run=False))
-        tracker._flush()
+        tracker._backlog.add("the MLflow run with its params", tracker._start, needs_run=False)
         return tracker
 
     @property
     def uri(self) -> str:
         """The tracking URI without credentials, for messages."""
-        return _redact(self._environ.get("MLFLOW_TRACKING_URI", ""))
+        return redact(self._environ.get("MLFLOW_TRACKING_URI", ""))
 
     @property
     def pending(self) -> list[str]:
         """What is waiting for the server, oldest first."""
-        return [item.what for item in self._pending]
+        return self._backlog.pending
 
     # --- what the job calls ---------------------------------------------------------------
 
@@ -129,8 +105,8 @@ class Tracker:
         epoch = int(row["epoch"])
         metrics = {k: v for k, v in row.items() if k != "epoch" and _is_number(v)}
         stamp = int(time.time() * 1000)
-        self._add(f"metrics of epoch {epoch}",
-                  lambda: self._log_metrics(metrics, epoch, stamp))
+        self._backlog.add(f"metrics of epoch {epoch}",
+                          partial(self._log_metrics, metrics, epoch, stamp))
 
     def log_history(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Every row of a restored history (after a restart): only what MLflow lacks is sent."""
@@ -143,7 +119,8 @@ class Tracker:
         numbers = {FINAL_PREFIX + k: v for k, v in metrics.items() if _is_number(v)}
         stamp = int(time.time() * 1000)
         if numbers:
-            self._add("final metrics", lambda: self._log_metrics(numbers, 0, stamp), flush=False)
+            self._backlog.add("final metrics", partial(self._log_metrics, numbers, 0, stamp),
+                              flush=False)
         for path in map(Path, files):
             if not path.exists():
                 self._log.warning(f"MLflow: {path} does not exist; not logged")
@@ -152,8 +129,9 @@ class Tracker:
             if path.is_dir():
                 self._artifacts.update(f"{path.name}/{p.relative_to(path).as_posix()}"
                                        for p in path.rglob("*") if p.is_dir())
-            self._add(f"artifact {path.name}", lambda p=path: self._log_artifact(p), flush=False)
-        self._flush()
+            self._backlog.add(f"artifact {path.name}", partial(self._log_artifact, path),
+                              flush=False)
+        self._backlog.flush()
 
     def register_model(self, artifact_path: str | None = None) -> None:
         """Register the run's model as a new version of MLFLOW_REGISTERED_MODEL_NAME (no-op
@@ -169,84 +147,35 @@ class Tracker:
             self._log.warning(f"MLflow: no artifact {artifact_path} was logged; the model is "
                               f"not registered as {name}")
             return
-        self._add(f"model version of {name}", lambda: self._register(name, artifact_path))
+        self._backlog.add(f"model version of {name}",
+                          partial(self._register, name, artifact_path))
 
     def end(self, status: str) -> list[str]:
         """End the MLflow run as FINISHED, FAILED or KILLED; returns (and warns about, in one
         line) what could not be logged. Later calls do nothing."""
         if status not in STATUSES:
             raise ValueError(f"status {status!r}: give one of {', '.join(STATUSES)}")
-        if self._ended:
+        if self._backlog.closed:  # ended already, or the run was refused
             return []
-        self._add(f"status {status}", lambda: self._client.set_terminated(
-            self.mlflow_run_id, status))
-        self._ended = True
-        missing = self.pending
-        if missing:
-            self._log.warning(
-                f"MLflow tracking server {self.uri} unreachable: not logged to MLflow run "
-                f"{self.mlflow_run_id or '(not created)'}: {'; '.join(missing)}",
-                extra={"mlflow_run_id": self.mlflow_run_id, "not_logged": missing})
-        self._pending.clear()
-        return missing
+        self._backlog.add(f"status {status}", partial(self._terminate, status))
+        return self._backlog.close(f"MLflow run {self.mlflow_run_id or '(not created)'}")
 
-    # --- the backlog ----------------------------------------------------------------------
+    # --- MLflow calls ---------------------------------------------------------------------
 
-    def _add(self, what: str, action: Callable[[], None], flush: bool = True) -> None:
-        if self._ended or self._disabled:
-            return
-        self._pending.append(_Pending(what, action))
-        if flush:
-            self._flush()
-
-    def _flush(self) -> None:
-        """Send what waits, oldest first; stop at the first failure (the server is down):
-        the rest waits for the next call."""
-        while self._pending:
-            item = self._pending[0]
-            try:
-                if item.needs_run and not self._synced:
-                    self._sync()
-                item.action()
-            except Exception as error:  # noqa: BLE001 - tracking never fails the job
-                if _error_code(error) not in PERMANENT_ERRORS:
-                    self._unreachable(error)
-                    return
-                self._pending.pop(0)
-                if not item.needs_run:  # the run itself was refused: tracking is off
-                    self._disabled = True
-                    self._pending.clear()
-                    self._log.warning(f"MLflow refused {item.what} ({_short(error)}); this run "
-                                      "is not tracked")
-                    return
-                self._log.warning(f"MLflow refused {item.what}: {_short(error)}")
-                continue
-            self._pending.pop(0)
-        if self._failing:
-            self._failing = False
-            self._log.info(f"MLflow tracking server {self.uri} reachable again; what waited "
-                           "is logged", extra={"mlflow_run_id": self.mlflow_run_id})
-
-    def _unreachable(self, error: Exception) -> None:
-        # What reached the server before the failure is re-read when it is back.
+    def _unsync(self) -> None:
+        # What reached the server before it failed is re-read when it is back.
         self._synced = False
-        if self._failing:
-            return
-        self._failing = True
-        self._log.warning(
-            f"MLflow tracking server {self.uri} unreachable ({_short(error)}); training goes "
-            "on, and what is not logged is kept and sent when the server answers again",
-            extra={"mlflow_run_id": self.mlflow_run_id})
 
     def _sync(self) -> None:
-        """Which (metric, step) pairs the MLflow run already holds."""
+        """Which (metric, step) pairs the MLflow run already holds (read again after an
+        outage: what reached the server before it failed is not known here)."""
+        if self._synced:
+            return
         run_id = self.mlflow_run_id
         run = self._client.get_run(run_id)
         self._logged = {(m.key, m.step) for key in run.data.metrics
                         for m in self._client.get_metric_history(run_id, key)}
         self._synced = True
-
-    # --- MLflow calls ---------------------------------------------------------------------
 
     def _start(self) -> None:
         client = self._client
@@ -286,7 +215,7 @@ class Tracker:
             try:
                 run = client.get_run(run_id)
             except Exception as error:  # noqa: BLE001
-                if _error_code(error) != "RESOURCE_DOES_NOT_EXIST":
+                if error_code(error) != "RESOURCE_DOES_NOT_EXIST":
                     raise
                 run = None
             if run is not None and run.info.lifecycle_stage != "deleted":
@@ -311,7 +240,7 @@ class Tracker:
             try:
                 return client.create_experiment(name)
             except Exception as error:  # noqa: BLE001 - created meanwhile by another job
-                if _error_code(error) != "RESOURCE_ALREADY_EXISTS":
+                if error_code(error) != "RESOURCE_ALREADY_EXISTS":
                     raise
                 return client.get_experiment_by_name(name).experiment_id
         # MLflow's Default experiment when neither variable is set.
@@ -332,16 +261,21 @@ class Tracker:
         else:
             self._client.log_artifact(self.mlflow_run_id, str(path))
 
+    def _terminate(self, status: str) -> None:
+        # The run's id is read when the call is sent: the run may not exist yet when queued.
+        self._client.set_terminated(self.mlflow_run_id, status)
+
     def _register(self, name: str, artifact_path: str) -> None:
         client = self._client
+        quoted = name.replace("'", "\\'")
         existing = client.search_model_versions(
-            f"name = '{_quoted(name)}' and run_id = '{self.mlflow_run_id}'")
+            f"name = '{quoted}' and run_id = '{self.mlflow_run_id}'")
         if existing:
             return  # registered by an earlier attempt of this run
         try:
             client.create_registered_model(name)
         except Exception as error:  # noqa: BLE001
-            if _error_code(error) != "RESOURCE_ALREADY_EXISTS":
+            if error_code(error) != "RESOURCE_ALREADY_EXISTS":
                 raise
         run = client.get_run(self.mlflow_run_id)
         version = client.create_model_version(
@@ -359,20 +293,3 @@ def _is_number(value: Any) -> bool:
 def _param_text(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
-
-def _quoted(text: str) -> str:
-    return text.replace("'", "\\'")
-
-
-def _error_code(error: Exception) -> str | None:
-    return getattr(error, "error_code", None)
-
-
-def _short(error: Exception) -> str:
-    """One line of at most 300 characters, without credentials written into a URL."""
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return _redact(text)[:300]
-
-
-def _redact(text: str) -> str:
-    return re.sub(r"//[^/@\s]*@", "//", text)

@@ -106,7 +106,7 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     # in the strategy's scope: made lazily inside the distributed step they would be
     # per-replica placeholders that MirroredStrategy cannot feed.
     keras.utils.set_random_seed(settings.seed)
-    policy = resolve_precision(settings.precision)
+    policy, why = resolve_precision(settings.precision)
     keras.mixed_precision.set_global_policy(policy)
     with strategy.scope():
         model = build_classifier(settings.backbone, settings.pooling, image_size,
@@ -121,7 +121,8 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     xla = resolve_xla(settings.xla, strategy)
     loop = Loop(strategy, model, optimizer, global_batch, settings.steps_per_call,
                 settings.label_smoothing, xla)
-    recipe = {"precision": policy, "xla": xla, "augmentations": list(settings.augmentations)}
+    recipe = {"precision": policy, "precision_reason": why, "xla": xla,
+              "augmentations": list(settings.augmentations)}
     log.info("training setup", extra={"run_id": settings.run_id, "replicas": replicas,
                                       "global_batch_size": global_batch, **recipe})
 

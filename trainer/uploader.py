@@ -108,6 +108,8 @@ class Uploader:
                 else:
                     self.store.put_file(job.key, job.snapshot)
             except TransientError as error:
+                if self._closing:  # abandoned: the run has already said what stays local
+                    return
                 log.warning(f"upload of {job.key} failed, retrying in {backoff:.0f} s: {error}",
                             extra={"key": job.key})
                 with self._condition:
