@@ -27,7 +27,7 @@ def test_every_option_has_help_and_a_variable(command: click.Command) -> None:
         if not isinstance(param, click.Option) or param.name == "help":
             continue
         assert param.help, f"{command.name} {param.opts} has no help"
-        if param.name in ("top", "destination", "split", "sweep", "name"):
+        if param.name in ("top", "destination", "split", "sweep", "name", "formats"):
             continue  # per-call choices, not settings of a run
         assert param.envvar or "[env var: " in param.help, f"{param.opts} has no variable"
         if param.envvar:  # a setting of a run: the same flag and variable as in `train`

@@ -132,7 +132,8 @@ def fetch(run_id: str, destination: str, **options: Any) -> None:
               help="How many classes to show per image.")
 @_store_options
 def predict(model: str, images: tuple[str, ...], top: int, **options: Any) -> None:
-    """Top classes of IMAGES, by class name; MODEL is a run id or an .h5 path."""
+    """Top classes of IMAGES, by class name; MODEL is a run id, an .h5 path, an exported
+    SavedModel folder or an ONNX file."""
     from trainer.predict import predict_images, resolve_model  # TensorFlow
 
     path = resolve_model(model, _store(options))
@@ -164,6 +165,44 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
                              validation_split=validation_split, seed=seed, mirror=dataset_mirror)
     click.echo(f"accuracy {metrics['accuracy']:.4f} on {metrics['examples']} images; "
                f"metrics.json, confusion.png and errors.png in {destination}")
+
+
+@cli.command("export")
+@click.argument("model")
+@click.option("--format", "formats", default="savedmodel", show_default=True,
+              help="none, or a comma list of savedmodel, onnx, litert.")
+@click.option("--to", "destination", type=click.Path(file_okay=False), default=None,
+              help="Folder for the exports.  [default: export/ beside MODEL.h5, or RUN_ID/export]")
+@_store_options
+def export_command(model: str, formats: str, destination: str | None, **options: Any) -> int:
+    """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
+    differs)."""
+    from trainer.errors import ConfigError
+    from trainer.export import check_export_runtimes, export_model, parse_formats
+    from trainer.predict import resolve_model  # TensorFlow
+
+    chosen = parse_formats(formats, "--format")
+    check_export_runtimes(chosen)
+    is_file = model.endswith(".h5") or Path(model).is_file()
+    path = resolve_model(model if is_file else check_run_id(model), _store(options))
+    if path.suffix != ".h5":
+        raise ConfigError(f"MODEL {model} is not an .h5 file or a run id")
+    name = model if not is_file else (path.parent.name if path.stem == "best" else path.stem)
+    out = Path(destination) if destination else (
+        path.parent / "export" if is_file else Path(model) / "export")
+    results = export_model(path, out, chosen, name="".join(
+        c if c.isalnum() or c in "._-" else "_" for c in name) or "classifier")
+    click.echo(f"exports of {model} in {out}")
+    for kind, result in results.items():
+        difference = result["max_abs_difference"]
+        shown = "-" if difference is None else f"{difference:.2g}"
+        places = [str(out / Path(f).parent) if f.endswith(("saved_model.pb", "config.pbtxt"))
+                  else str(out / f) for f in result["files"]
+                  if f.endswith(("saved_model.pb", "config.pbtxt", "model.tflite"))
+                  or f.startswith("onnx/")]
+        click.echo(f"{kind:<11} {result['status']:<7} max abs difference {shown:<8} "
+                   + (result.get("error") or " ".join(places)))
+    return 0 if all(r["status"] == "ok" for r in results.values()) else INTERNAL_ERROR
 
 
 @cli.command()

@@ -1,4 +1,6 @@
-"""Predict class names for image files with a trained model (a run id or an .h5 path)."""
+"""Predict class names for image files with a trained model: a run id, an .h5 file, an
+exported SavedModel folder (`export/savedmodel` or its version folder `1/`) or an ONNX file.
+Every kind decodes and resizes the images with trainer/images.py, as training did."""
 
 from __future__ import annotations
 
@@ -16,11 +18,21 @@ from trainer.storage import Store
 
 
 def resolve_model(model: str, store: Store) -> Path:
-    """A local .h5 as it is; a run id fetched (verified) into a cache folder."""
-    if model.endswith(".h5") or Path(model).is_file():
-        if not Path(model).is_file():
-            raise DataError(f"MODEL {model} does not exist; give an .h5 file or a run id")
-        return Path(model)
+    """A local .h5 or .onnx file, or SavedModel folder, as it is; a run id fetched (verified)
+    into a cache folder, its best.h5."""
+    from trainer.serving import saved_model_version
+
+    path = Path(model)
+    if path.is_dir() and saved_model_version(path) is not None:
+        return path
+    if path.is_dir() and ("/" in model or model in (".", "..")):  # a path, not a run id
+        raise DataError(f"MODEL {model} is a folder without a SavedModel (saved_model.pb, "
+                        "or numbered version folders holding one)")
+    if model.endswith((".h5", ".onnx")) or path.is_file():
+        if not path.is_file():
+            raise DataError(f"MODEL {model} does not exist; give an .h5 or .onnx file, an "
+                            "exported SavedModel folder or a run id")
+        return path
     from trainer.runs import fetch_run
 
     cache = Path(tempfile.gettempdir()) / "trainer-models"
@@ -28,7 +40,29 @@ def resolve_model(model: str, store: Store) -> Path:
 
 
 def predict_images(model_path: Path, images: list[Path], top: int) -> list[tuple[str, list]]:
+    """The `top` classes of each image, by name, with their probabilities."""
+    from trainer import images as decoding
+
+    pixels = [decoding.read(path) for path in images]
+    if model_path.is_dir():
+        probabilities, names = _with_saved_model(model_path, pixels)
+    elif model_path.suffix == ".onnx":
+        probabilities, names = _with_onnx(model_path, pixels)
+    else:
+        probabilities, names = _with_h5(model_path, pixels)
+    results = []
+    for path, row in zip(images, probabilities, strict=True):
+        order = np.argsort(row)[::-1][:top]
+        results.append((str(path), [(names[i] if i < len(names) else str(i), float(row[i]))
+                                    for i in order]))
+    return results
+
+
+def _with_h5(model_path: Path, pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
     import keras
+
+    from trainer import images
+    from trainer.pipeline import batch_preprocessor
 
     metadata = read_model_metadata(model_path)
     config = model_path.with_name("config.json")
@@ -37,28 +71,29 @@ def predict_images(model_path: Path, images: list[Path], top: int) -> list[tuple
     model = keras.models.load_model(model_path, compile=False)
     size = int(model.input_shape[1])
     names = metadata.get("class_names") or [str(i) for i in range(model.output_shape[-1])]
-    preprocess = _preprocess(metadata.get("preprocessing"))
-    batch = np.stack([_load(path, size) for path in images])
-    probabilities = model.predict(preprocess(batch), verbose=0)
-    results = []
-    for path, row in zip(images, probabilities, strict=True):
-        order = np.argsort(row)[::-1][:top]
-        results.append((str(path), [(names[i], float(row[i])) for i in order]))
-    return results
+    preprocess = batch_preprocessor(size, _preprocess(metadata.get("preprocessing")))
+    probabilities = model.predict(preprocess(images.batch(pixels, size)), verbose=0)
+    return probabilities, list(names)
+
+
+def _with_saved_model(folder: Path, pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    from trainer.serving import SavedModel, saved_model_version
+
+    exported = SavedModel(saved_model_version(folder) or folder)
+    # One image a call: images of different sizes, each resized inside as training resized.
+    rows = [exported.predict(image[np.newaxis])[0] for image in pixels]
+    return np.stack(rows), exported.class_names
+
+
+def _with_onnx(path: Path, pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    from trainer import images
+    from trainer.serving import Onnx
+
+    exported = Onnx(path)
+    return exported.predict(images.batch(pixels, exported.image_size)), exported.class_names
 
 
 def _preprocess(module: str | None) -> Any:
     if not module:
         return lambda batch: batch
     return importlib.import_module(module).preprocess_input
-
-
-def _load(path: Path, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR),
-                              dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as error:
-        raise DataError(f"IMAGE {path} is not a readable image ({error})") from error
