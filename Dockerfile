@@ -21,8 +21,9 @@ WORKDIR /src
 RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY trainer ./trainer
-RUN /opt/venv/bin/pip install --no-cache-dir "${TF_PACKAGE}" . \
-    && /opt/venv/bin/python -c "import trainer.cli, tensorflow, keras"
+# The extras: the export runtimes (onnx, tf2onnx, onnxruntime, ai-edge-litert) and MLflow's client.
+RUN /opt/venv/bin/pip install --no-cache-dir "${TF_PACKAGE}" ".[export,tracking]" \
+    && /opt/venv/bin/python -c "import trainer.cli, tensorflow, keras, onnxruntime, mlflow"
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="trainer" \

@@ -347,7 +347,7 @@ def test_trainer_export_command(exported: dict, tmp_path: Path,
 def test_a_missing_runtime_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture) -> None:
     from trainer.cli import main
-    from trainer.export import check_export_runtimes, parse_formats
+    from trainer.formats import check_export_runtimes, parse_formats
 
     assert parse_formats("none") == () and parse_formats("litert, savedmodel") == (
         "savedmodel", "litert")

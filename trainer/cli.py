@@ -178,7 +178,8 @@ def export_command(model: str, formats: str, destination: str | None, **options:
     """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
     differs)."""
     from trainer.errors import ConfigError
-    from trainer.export import check_export_runtimes, export_model, parse_formats
+    from trainer.export import export_model
+    from trainer.formats import check_export_runtimes, parse_formats
     from trainer.predict import resolve_model  # TensorFlow
 
     chosen = parse_formats(formats, "--format")

@@ -29,52 +29,12 @@ from typing import Any
 import numpy as np
 
 from trainer.converters import WRITERS, ServingModel, folders, predictor
-from trainer.errors import ConfigError
 from trainer.logs import get_logger
-from trainer.serving import FORMATS, LABELS
+from trainer.serving import LABELS
 
 PARITY_TOLERANCE = 1e-3
 MAX_REFERENCE_IMAGES = 64
 CHECK_TIMEOUT_SECONDS = 900
-# What each format needs beyond TensorFlow: (module, PyPI package). onnx and tf2onnx write the
-# ONNX model; onnxruntime and ai-edge-litert are the runtimes the exports are checked with.
-RUNTIMES = {"savedmodel": (), "onnx": (("onnx", "onnx"), ("tf2onnx", "tf2onnx"),
-                                       ("onnxruntime", "onnxruntime")),
-            "litert": (("ai_edge_litert", "ai-edge-litert"),)}
-
-
-def parse_formats(text: str, variable: str = "EXPORT") -> tuple[str, ...]:
-    """`none`, or a comma list of savedmodel, onnx, litert -> the formats, in FORMATS order."""
-    chosen = {part.strip().lower() for part in text.split(",") if part.strip()}
-    if chosen in (set(), {"none"}):
-        return ()
-    unknown = sorted(chosen - set(FORMATS))
-    if unknown:
-        raise ConfigError(f"{variable}={text}: unknown format {', '.join(unknown)}; give none "
-                          f"or a comma list of {', '.join(FORMATS)}")
-    return tuple(name for name in FORMATS if name in chosen)
-
-
-def _installed(module: str) -> bool:
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def check_export_runtimes(formats: Sequence[str]) -> None:
-    """ConfigError naming what is missing for `formats`, before a run spends hours training."""
-    for name in formats:
-        missing = [package for module, package in RUNTIMES[name] if not _installed(module)]
-        if missing:
-            raise ConfigError(
-                f"EXPORT={name} needs the package(s) {', '.join(missing)}, which are not "
-                "installed; install the export extra (pip install 'trainer[export]'), or leave "
-                f"{name} out of EXPORT")
-
-
 def load_float32(model_h5: Path) -> tuple[Any, str]:
     """best.h5 as a float32 Keras model, and the dtype policy it was trained under: a model
     trained in mixed precision (bfloat16 or float16, stored in its layers' configs) is rebuilt

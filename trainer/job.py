@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from trainer.data import Dataset, load_dataset
+from trainer.formats import check_export_runtimes
 from trainer.logs import get_logger
 from trainer.platforms import resolve_platform
 from trainer.settings import Settings
@@ -28,6 +29,7 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
     store = open_store(settings.store_uri, settings.s3_endpoint_url,
                        settings.s3_addressing_style)
     store.check_writable()
+    check_export_runtimes(settings.export_formats)
     if finished(store, settings.run_key):
         log.info("run already finished; nothing to do", extra={"run_id": settings.run_id})
         return

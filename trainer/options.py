@@ -10,6 +10,7 @@ from typing import Any
 
 from trainer.backbones import canonical_name
 from trainer.errors import ConfigError
+from trainer.formats import FORMATS, parse_formats
 
 BUILTIN_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
 MONITOR_NAMES = ("val_accuracy", "val_loss", "accuracy", "loss")
@@ -95,6 +96,10 @@ def _augment(variable: str, text: str) -> str:
         raise _fail(variable, text, "give auto, none, or a comma-separated list of "
                     + ", ".join(AUGMENTATIONS))
     return ",".join(kind for kind in AUGMENTATIONS if kind in kinds)
+
+
+def _export(variable: str, text: str) -> str:
+    return ",".join(parse_formats(text, variable)) or "none"
 
 
 def _backbone(variable: str, text: str) -> str:
@@ -224,6 +229,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("peer_timeout", "PEER_TIMEOUT", "Multi-worker runs: seconds to wait at start for "
            "every peer worker to answer before exiting 75 naming the missing ones.",
            _number(0.0, None, low_inclusive=False)),
+    Option("export", "EXPORT", "none, or a comma list of " + ", ".join(FORMATS) + ": the "
+           "serving exports of the best model at the end of a run, each checked against it.",
+           _export),
     Option("termination_grace_seconds", "TERMINATION_GRACE_SECONDS", "The pod's grace period "
            "after SIGTERM (the manifests set it to terminationGracePeriodSeconds): the job "
            "saves its state and uploads it within it, 5 s to spare.",

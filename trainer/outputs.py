@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 SAMPLES_SHOWN = 32
 Evaluate = Callable[[Path, Path], dict[str, Any]]  # (best.h5, folder) -> metrics.json content
+Export = Callable[[Path, Path], dict[str, dict[str, Any]]]  # (best.h5, folder) -> per format
 
 
 class Outputs(Protocol):
@@ -57,7 +58,8 @@ class Outputs(Protocol):
                          saved: bool, stop: StopRequest) -> None: ...
     def diverged(self, state: LoopState, row: HistoryRow) -> None: ...
     def upload_what_was_saved(self, stop: StopRequest) -> None: ...
-    def finish(self, state: LoopState, evaluate: Evaluate, stop: StopRequest) -> str: ...
+    def finish(self, state: LoopState, evaluate: Evaluate, export: Export,
+               stop: StopRequest) -> str: ...
 
 
 class ChiefOutputs:
@@ -150,9 +152,10 @@ class ChiefOutputs:
         except TrainerError as error:
             get_logger().warning(f"the saved state could not all be uploaded: {error}")
 
-    def finish(self, state: LoopState, evaluate: Evaluate, stop: StopRequest) -> str:
-        """The evaluation, the report, then the manifest once everything it lists is stored;
-        returns where best.h5 is."""
+    def finish(self, state: LoopState, evaluate: Evaluate, export: Export,
+               stop: StopRequest) -> str:
+        """The evaluation, the report, the serving exports, then the manifest once everything
+        it lists is stored; returns where best.h5 is."""
         settings, artifacts = self.settings, self.artifacts
         self.scalars.close()
         summary = {"status": "finished", "best_epoch": state.best_epoch,
@@ -166,6 +169,7 @@ class ChiefOutputs:
             "run_id": settings.run_id, **{key: metrics[key] for key in
                                           ("accuracy", "macro_f1", "top5_accuracy")
                                           if key in metrics}})
+        exports = self._export(export)
         if self.tracker is not None:
             files = [artifacts.path(name) for name in ("best.h5", "export", "report.html",
                                                        "curves.png", "metrics.json")]
@@ -174,10 +178,26 @@ class ChiefOutputs:
             self._end_tracking("FINISHED")
         artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
         manifest = artifacts.manifest(**summary, epochs_done=len(state.history),
-                                      stopped_early=len(state.history) < settings.total_epochs)
+                                      stopped_early=len(state.history) < settings.total_epochs,
+                                      exports=exports)
         artifacts.write_json("manifest.json", manifest)
         artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
         return artifacts.key("best.h5")
+
+    def _export(self, export: Export) -> dict[str, dict[str, Any]]:
+        """EXPORT's formats of best.h5, published; per format its status and difference."""
+        if not self.settings.export_formats:
+            return {}
+        results = export(self.artifacts.path("best.h5"), self.artifacts.path("export"))
+        for result in results.values():
+            for name in result["files"]:
+                self.artifacts.publish(f"export/{name}")
+        get_logger().info("exported the best model", extra={
+            "run_id": self.settings.run_id, "exports": {
+                kind: result["status"] for kind, result in results.items()}})
+        return {kind: {key: result.get(key) for key in ("status", "max_abs_difference",
+                                                         "error") if key in result}
+                for kind, result in results.items()}
 
     def _save_state(self, checkpoint: tf.train.Checkpoint, state: LoopState) -> None:
         """The state, with best.h5's digest unless its own weights are the best (then a restart
@@ -228,7 +248,8 @@ class WorkerOutputs:
     def upload_what_was_saved(self, stop: StopRequest) -> None:
         pass
 
-    def finish(self, state: LoopState, evaluate: Evaluate, stop: StopRequest) -> str:
+    def finish(self, state: LoopState, evaluate: Evaluate, export: Export,
+               stop: StopRequest) -> str:
         return ""
 
 

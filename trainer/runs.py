@@ -59,7 +59,7 @@ def fetch_run(store: Store, run_id: str, destination: Path) -> Path:
     listed = manifest.get("artifacts", {})
     # The evaluation, the report and the TensorBoard files too, where the run has them.
     extras = [name for name in listed if name in OPTIONAL_FETCHED or name.startswith(
-        "tensorboard/")]
+        ("tensorboard/", "export/"))]
     for name in (*FETCHED, *extras):
         target = (folder / name).resolve()
         if folder not in target.parents:

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-FORMATS = ("savedmodel", "onnx", "litert")
+from trainer.formats import FORMATS
+
 LABELS = "labels.txt"
 CHUNK = 16
 

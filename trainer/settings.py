@@ -65,6 +65,7 @@ class Settings:
     xla: Literal["auto", "on", "off"] = "auto"
     peer_timeout: float = 600.0
     termination_grace_seconds: float = 30.0
+    export: str = "savedmodel"
     # Folders a platform gives the run (trainer.platforms), not variables of their own:
     run_dir: str | None = None  # the run's folder itself, in place of ARTIFACT_URI/RUN_ID
     state_dir: str | None = None  # the resume state's folder, in place of the run's state/
@@ -81,6 +82,10 @@ class Settings:
     @property
     def fine_tune_rate(self) -> float:
         return self.fine_tune_learning_rate or self.learning_rate / 10
+
+    @property
+    def export_formats(self) -> tuple[str, ...]:
+        return () if self.export == "none" else tuple(self.export.split(","))
 
     @property
     def store_uri(self) -> str:

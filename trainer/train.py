@@ -14,7 +14,6 @@ import math
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -34,7 +33,7 @@ from trainer.control import (
 from trainer.data import Dataset
 from trainer.distribution import make_strategy, resolve_precision, resolve_xla
 from trainer.errors import ConfigError, StorageError, Terminated, UploadsUnfinished
-from trainer.evaluation import evaluate
+from trainer.finish import evaluator, exporter
 from trainer.logs import get_logger
 from trainer.loop import Loop
 from trainer.model import build_classifier, preprocess_function, preprocessing_name
@@ -167,7 +166,8 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
         # 8. Epochs, then 9. the finish: evaluation, report, manifest.
         with peer_loss_is_transient(cluster), out_of_memory_is_a_setting(settings, image_size):
             state = _epochs(run, state)
-        where = outputs.finish(state, _evaluator(run), stop)
+        where = outputs.finish(state, evaluator(cached, image_size, preprocess),
+                               exporter(settings, cached), stop)
         progress.close()
     except (Terminated, StorageError, UploadsUnfinished):
         raise  # the uploads ended the run, or had their time already
@@ -254,17 +254,6 @@ def _stop_requested(run: Run) -> Callable[[], bool]:
     if not run.cluster.is_multi_worker:
         return run.stop.is_set
     return lambda: run.loop.any_worker(run.stop.is_set())
-
-
-def _evaluator(run: Run) -> Callable[[Path, Path], dict[str, Any]]:
-    """The best epoch's model, as saved (the file the user gets), on the validation split."""
-
-    def evaluate_best(model_path: Path, folder: Path) -> dict[str, Any]:
-        model = keras.models.load_model(model_path, compile=False)
-        return evaluate(model, run.dataset.val, run.image_size, run.preprocess,
-                        list(run.dataset.class_names), folder, source="the validation split")
-
-    return evaluate_best
 
 
 def weights_digest(model: keras.Model) -> str:

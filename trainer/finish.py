@@ -1,0 +1,44 @@
+"""What the chief makes of the saved best.h5 at the end of a run: its evaluation on the
+validation split (trainer.evaluation) and its serving exports (trainer.export), as callables
+that trainer.outputs runs in its order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from trainer.data import Dataset, pixels
+from trainer.evaluation import evaluate
+from trainer.export import export_model
+from trainer.settings import Settings
+
+REFERENCE_IMAGES = 64
+
+
+def evaluator(dataset: Dataset, image_size: int, preprocess: Callable[[tf.Tensor], tf.Tensor]
+              ) -> Callable[[Path, Path], dict[str, Any]]:
+    """The best epoch's model, as saved (the file the user gets), on the validation split."""
+
+    def evaluate_best(model_path: Path, folder: Path) -> dict[str, Any]:
+        model = keras.models.load_model(model_path, compile=False)
+        return evaluate(model, dataset.val, image_size, preprocess, list(dataset.class_names),
+                        folder, source="the validation split")
+
+    return evaluate_best
+
+
+def exporter(settings: Settings, dataset: Dataset
+             ) -> Callable[[Path, Path], dict[str, dict[str, Any]]]:
+    """EXPORT's formats of the saved best.h5, each checked on validation images."""
+
+    def export_best(model_path: Path, folder: Path) -> dict[str, dict[str, Any]]:
+        val = dataset.val
+        return export_model(model_path, folder, settings.export_formats,
+                            reference_images=pixels(val, range(min(REFERENCE_IMAGES, len(val)))),
+                            name=settings.run_id)
+
+    return export_best
