@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
+import tensorflow as tf
+
+from trainer import images
+from trainer.pipeline import batch_preprocessor
 from trainer.serving import LABELS
 
 
@@ -30,17 +35,11 @@ class ServingModel:
 
 def predictor(source: ServingModel) -> Callable:
     """uint8 N x S x S x 3 -> float32 probabilities: training's preprocessing, then the model."""
-    import tensorflow as tf
-
-    from trainer.pipeline import batch_preprocessor
-
     preprocess = batch_preprocessor(source.image_size, source.preprocess)
-    return lambda images: tf.cast(source.model(preprocess(images), training=False), tf.float32)
+    return lambda batch: tf.cast(source.model(preprocess(batch), training=False), tf.float32)
 
 
-def _fixed_signature(source: ServingModel) -> Any:
-    import tensorflow as tf
-
+def _fixed_signature(source: ServingModel) -> tf.TensorSpec:
     size = source.image_size
     return tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")
 
@@ -49,11 +48,6 @@ def write_savedmodel(source: ServingModel, out_dir: Path, name: str) -> Path:
     """savedmodel/1/: `serving_default` (uint8 images of any size) and `serve_bytes`
     (encoded images), both giving `probabilities` and `classes` (top class names, looked up
     in assets/labels.txt, which travels inside)."""
-    import keras
-    import tensorflow as tf
-
-    from trainer import images
-
     size, probabilities = source.image_size, predictor(source)
     names = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
         str(out_dir / LABELS), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
@@ -86,7 +80,6 @@ def write_onnx(source: ServingModel, out_dir: Path, name: str) -> Path:
     """onnx/model.onnx (class names and image size in its metadata), and a Triton model
     repository triton/NAME/ serving it with the onnxruntime backend."""
     import onnx
-    import tensorflow as tf
     import tf2onnx
 
     # Keras' own ONNX export applies this patch (numpy 2 support) before the same call.
@@ -140,9 +133,6 @@ dynamic_batching {{ }}
 
 def write_litert(source: ServingModel, out_dir: Path, name: str) -> Path:
     """litert/model.tflite: signature `serving_default`, `images` -> `probabilities`."""
-    import keras
-    import tensorflow as tf
-
     probabilities = predictor(source)
     archive = keras.export.ExportArchive()
     archive.add_endpoint("serving_default",

@@ -26,8 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+from trainer import images
+from trainer.artifacts import read_model_metadata
 from trainer.converters import WRITERS, ServingModel, folders, predictor
 from trainer.logs import get_logger
 from trainer.serving import LABELS
@@ -35,12 +39,12 @@ from trainer.serving import LABELS
 PARITY_TOLERANCE = 1e-3
 MAX_REFERENCE_IMAGES = 64
 CHECK_TIMEOUT_SECONDS = 900
+
+
 def load_float32(model_h5: Path) -> tuple[Any, str]:
     """best.h5 as a float32 Keras model, and the dtype policy it was trained under: a model
     trained in mixed precision (bfloat16 or float16, stored in its layers' configs) is rebuilt
     layer by layer under float32 with the same weights, so that the exports compute in float32."""
-    import keras
-
     model = keras.models.load_model(model_h5, compile=False)
     policies = {layer.dtype_policy.name for layer in model.layers} - {"float32"}
     if not policies:
@@ -55,8 +59,6 @@ def load_float32(model_h5: Path) -> tuple[Any, str]:
 
 
 def _source(model_h5: Path) -> ServingModel:
-    from trainer.artifacts import read_model_metadata
-
     metadata = read_model_metadata(model_h5)
     config = model_h5.with_name("config.json")
     if not metadata and config.is_file():
@@ -91,8 +93,6 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     then says why), `seconds` (writing), `check_seconds` and `files` (relative to `out_dir`,
     labels.txt included). A failed export is logged and returned, never raised.
     """
-    from trainer import images
-
     source = _source(Path(model_h5))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / LABELS).write_text("".join(f"{n}\n" for n in source.class_names), "utf-8")
@@ -149,10 +149,6 @@ def _files(kind: str, out_dir: Path, name: str) -> list[str]:
 def _reference_data(source: ServingModel, batch: np.ndarray, scratch: Path) -> Path:
     """The checks' inputs and best.h5's probabilities for them: the images at the training
     size, the same at another size (the export resizes them as training does), and as PNG."""
-    import tensorflow as tf
-
-    from trainer import images
-
     probabilities = predictor(source)
 
     def expected(pixels: np.ndarray) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Predict class names for image files with a trained model: a run id, an .h5 file, an
 exported SavedModel folder (`export/savedmodel` or its version folder `1/`) or an ONNX file.
-Every kind decodes and resizes the images with trainer/images.py, as training did."""
+Every kind decodes and resizes the images with trainer/images.py, as training did.
+
+It imports TensorFlow: the CLI imports this module inside the commands that use it."""
 
 from __future__ import annotations
 
@@ -10,18 +12,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
+from trainer import images as decoding
 from trainer.artifacts import read_model_metadata
 from trainer.errors import DataError
+from trainer.pipeline import batch_preprocessor
+from trainer.runs import fetch_run
+from trainer.serving import Onnx, SavedModel, saved_model_version
 from trainer.storage import Store
 
 
 def resolve_model(model: str, store: Store) -> Path:
     """A local .h5 or .onnx file, or SavedModel folder, as it is; a run id fetched (verified)
     into a cache folder, its best.h5."""
-    from trainer.serving import saved_model_version
-
     path = Path(model)
     if path.is_dir() and saved_model_version(path) is not None:
         return path
@@ -33,16 +38,12 @@ def resolve_model(model: str, store: Store) -> Path:
             raise DataError(f"MODEL {model} does not exist; give an .h5 or .onnx file, an "
                             "exported SavedModel folder or a run id")
         return path
-    from trainer.runs import fetch_run
-
     cache = Path(tempfile.gettempdir()) / "trainer-models"
     return fetch_run(store, model, cache) / "best.h5"
 
 
 def predict_images(model_path: Path, images: list[Path], top: int) -> list[tuple[str, list]]:
     """The `top` classes of each image, by name, with their probabilities."""
-    from trainer import images as decoding
-
     pixels = [decoding.read(path) for path in images]
     if model_path.is_dir():
         probabilities, names = _with_saved_model(model_path, pixels)
@@ -59,11 +60,6 @@ def predict_images(model_path: Path, images: list[Path], top: int) -> list[tuple
 
 
 def _with_h5(model_path: Path, pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    import keras
-
-    from trainer import images
-    from trainer.pipeline import batch_preprocessor
-
     metadata = read_model_metadata(model_path)
     config = model_path.with_name("config.json")
     if not metadata and config.is_file():
@@ -72,13 +68,11 @@ def _with_h5(model_path: Path, pixels: list[np.ndarray]) -> tuple[np.ndarray, li
     size = int(model.input_shape[1])
     names = metadata.get("class_names") or [str(i) for i in range(model.output_shape[-1])]
     preprocess = batch_preprocessor(size, _preprocess(metadata.get("preprocessing")))
-    probabilities = model.predict(preprocess(images.batch(pixels, size)), verbose=0)
+    probabilities = model.predict(preprocess(decoding.batch(pixels, size)), verbose=0)
     return probabilities, list(names)
 
 
 def _with_saved_model(folder: Path, pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    from trainer.serving import SavedModel, saved_model_version
-
     exported = SavedModel(saved_model_version(folder) or folder)
     # One image a call: images of different sizes, each resized inside as training resized.
     rows = [exported.predict(image[np.newaxis])[0] for image in pixels]
@@ -86,11 +80,8 @@ def _with_saved_model(folder: Path, pixels: list[np.ndarray]) -> tuple[np.ndarra
 
 
 def _with_onnx(path: Path, pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    from trainer import images
-    from trainer.serving import Onnx
-
     exported = Onnx(path)
-    return exported.predict(images.batch(pixels, exported.image_size)), exported.class_names
+    return exported.predict(decoding.batch(pixels, exported.image_size)), exported.class_names
 
 
 def _preprocess(module: str | None) -> Any:

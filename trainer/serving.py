@@ -5,7 +5,8 @@ check that `trainer.export` runs in a fresh process per format:
     python -m trainer.serving check onnx export/onnx/model.onnx parity.npz   # prints JSON
 
 Only the SavedModel (and decoding image files) needs TensorFlow; an ONNX or LiteRT check runs
-without importing it, as a serving host would.
+without importing it, as a serving host would. So each runtime is imported by the class that
+loads its format, and nowhere else.
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ class LiteRT(Exported):
     image_size: int
 
     def __init__(self, path: Path) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:  # TensorFlow's own interpreter, deprecated but still shipped
-            from tensorflow.lite import Interpreter
+        # ai-edge-litert, which EXPORT=litert requires (trainer.formats): TensorFlow's own
+        # interpreter would load TensorFlow, and a serving host runs LiteRT alone.
+        from ai_edge_litert.interpreter import Interpreter
+
         self._runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
         self.image_size = int(self._runner.get_input_details()["images"]["shape"][1])
         self.class_names = read_labels(_labels_near(path))

@@ -39,9 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from trainer.errors import ConfigError, Terminated, TrainerError
 from trainer.logs import get_logger
 from trainer.settings import OPTIONS, load_settings
+from trainer.storage import open_store
 
 GRID_VARIABLE = "SWEEP_GRID"
 NAME_VARIABLE = "SWEEP_NAME"
@@ -86,12 +89,7 @@ def load_grid(path: str | Path) -> Grid:
         raise ConfigError(f"sweep grid {path}: {error.strerror}; give the path of a JSON or "
                           "YAML grid file") from None
     try:
-        if path.suffix.lower() == ".json":
-            content = json.loads(text)
-        else:
-            import yaml
-
-            content = yaml.safe_load(text)
+        content = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except ValueError as error:  # json.JSONDecodeError and yaml.YAMLError are ValueErrors
         raise ConfigError(f"sweep grid {path} is not valid JSON/YAML: "
                           f"{' '.join(str(error).split())[:200]}") from None
@@ -268,8 +266,6 @@ def _describe(combination: Mapping[str, str], grid: Grid) -> str:
 
 
 def _finished(environ: Mapping[str, str]) -> bool:
-    from trainer.storage import open_store
-
     settings = load_settings(environ)
     store = open_store(settings.artifact_uri, settings.s3_endpoint_url,
                        settings.s3_addressing_style)

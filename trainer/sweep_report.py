@@ -128,13 +128,13 @@ def sweep_lines(runs: list[SweepRun]) -> list[str]:
 
 def curves_png(runs: list[SweepRun]) -> bytes:
     """Validation accuracy and loss of every run against epoch, overlaid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Here, not at the top: the CLI imports this module, and starts without matplotlib (half a
+    # second) so that a bad setting fails at once. The object API needs no backend or pyplot.
+    from matplotlib.figure import Figure
 
     varying = varying_settings(runs)
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure = Figure(figsize=(12, 4.5))
+    axes = figure.subplots(1, 2)
     epochs = sorted({row["epoch"] for run in runs for row in run.history if "epoch" in row})
     for axis, metric in zip(axes, ("val_accuracy", "val_loss"), strict=True):
         for run in runs:
@@ -158,7 +158,6 @@ def curves_png(runs: list[SweepRun]) -> bytes:
     figure.tight_layout()
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
-    plt.close(figure)
     return png.getvalue()
 
 
