@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,14 +155,18 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def finished_run(tiny_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One real 3-epoch run into a local ARTIFACT_URI, shared by the tests that read it."""
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real run into a local ARTIFACT_URI, shared by the tests that read it: 3 epochs on
+    two replicas (MirroredStrategy over two logical CPUs) of digits 0 and 1 (distinct enough
+    to learn in that time: every held-out image right), with every serving export."""
     root = tmp_path_factory.mktemp("artifacts")
-    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(root), RUN_ID="tiny",
-                        EPOCHS="3", LEARNING_RATE="1e-4", VALIDATION_SPLIT="0.25")
+    npz = write_digits_npz(root.parent / "zeros-and-ones.npz", per_class=40, classes=2)
+    env = clean_environ(TINY_JOB, DATASET=str(npz), ARTIFACT_URI=str(root), RUN_ID="tiny",
+                        EPOCHS="3", BATCH_SIZE="8", CPU_REPLICAS="2", LEARNING_RATE="1e-4",
+                        VALIDATION_SPLIT="0.25", EXPORT="savedmodel,onnx,litert")
     result = run_entrypoint(env)
     assert result.returncode == 0, result.stderr
-    return {"root": root, "run": root / "tiny", "env": env, "result": result,
+    return {"root": root, "run": root / "tiny", "env": env, "result": result, "npz": npz,
             "history": json.loads((root / "tiny" / "history.json").read_text())}
 
 
@@ -391,3 +397,68 @@ def fault_proxies() -> Iterator[Callable[[str], FaultProxy]]:
 def fault_proxy(s3_server: S3Server, fault_proxies: Callable[[str], FaultProxy]) -> FaultProxy:
     """A proxy in front of this session's S3 server (rclone or moto), in `pass` mode."""
     return fault_proxies(s3_server.endpoint)
+
+
+# --- MLflow: a real `mlflow server` (the dev extra has it), SQLite store, on loopback ----------
+
+
+class MlflowServer:
+    """`mlflow server` in its own process group, restartable on the same port and store."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        (self.port,) = free_ports(1)
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server writes to it
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError("mlflow server did not start in 120 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the server and its uvicorn worker
+            self.process.wait(30)
+        self.process = None
+
+    def client(self):  # noqa: ANN201 - an MlflowClient
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+
+@pytest.fixture(scope="session")
+def mlflow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    saved = dict(os.environ)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()  # also when a test failed: no server is left behind
+        os.environ.clear()  # the tracker sets MLflow's client variables in this process
+        os.environ.update(saved)
+
+
+@pytest.fixture
+def mlflow_server(mlflow_service: MlflowServer) -> MlflowServer:
+    """The session's server, started again if a test left it stopped."""
+    if mlflow_service.process is None:
+        mlflow_service.start()
+    return mlflow_service

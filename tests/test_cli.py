@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -66,8 +65,14 @@ def test_fetch_downloads_and_verifies(finished_run: dict, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     fetched = sorted(p.name for p in (tmp_path / "tiny").iterdir())
     assert fetched == sorted(["best.h5", "confusion.png", "config.json", "curves.png",
-                              "errors.png", "history.csv", "history.json", "manifest.json",
-                              "metrics.json", "report.html", "samples.png", "tensorboard"])
+                              "errors.png", "export", "history.csv", "history.json",
+                              "manifest.json", "metrics.json", "report.html", "samples.png",
+                              "tensorboard"])
+    export = tmp_path / "tiny" / "export"
+    assert (export / "savedmodel" / "1" / "saved_model.pb").is_file()
+    assert (export / "onnx" / "model.onnx").is_file() and (export / "labels.txt").is_file()
+    assert (export / "litert" / "model.tflite").is_file()
+    assert list((export / "triton").glob("*/config.pbtxt"))
     assert not (tmp_path / "tiny" / "state").exists()  # resume state stays in the store
     assert (tmp_path / "tiny" / "best.h5").read_bytes() == (
         finished_run["run"] / "best.h5").read_bytes()
@@ -94,25 +99,29 @@ def test_fetch_of_an_unknown_run_says_so(finished_run: dict, tmp_path: Path) -> 
     assert result.returncode == 2 and "RUN_ID" in result.stderr
 
 
-def test_predict_names_classes_for_images(finished_run: dict, tiny_npz: Path,
-                                          tmp_path: Path) -> None:
+def test_predict_names_the_right_class_with_every_kind_of_model(finished_run: dict,
+                                                               tmp_path: Path) -> None:
+    """Held-out digits whose class is known, through a run id, best.h5, the exported
+    SavedModel and the ONNX file: the same, right class names."""
     from PIL import Image
 
-    with np.load(tiny_npz) as f:
-        images, labels = f["x_train"][:2], f["y_train"][:2]
+    from trainer.data import load_dataset
+
+    val = load_dataset(str(finished_run["npz"]), validation_split=0.25, seed=0).val
     paths = []
-    for i, image in enumerate(images):
+    for i, image in enumerate(val.images[:8]):
         paths.append(str(tmp_path / f"digit{i}.png"))
         Image.fromarray(image).save(paths[-1])
-    for model in ("tiny", str(finished_run["run"] / "best.h5")):
-        result = trainer("predict", model, *paths, "--top", "2", "--artifact-uri",
+    export = finished_run["run"] / "export"
+    for model in ("tiny", finished_run["run"] / "best.h5", export / "savedmodel",
+                  export / "onnx" / "model.onnx"):
+        result = trainer("predict", str(model), *paths, "--top", "2", "--artifact-uri",
                          str(finished_run["root"]), env=finished_run["env"])
         assert result.returncode == 0, result.stderr
         lines = result.stdout.strip().splitlines()
-        assert len(lines) == 2 and lines[0].startswith(paths[0])
-        names = [part.split()[0] for part in lines[0].split(": ", 1)[1].split(", ")]
-        assert len(names) == 2 and set(names) <= {"0", "1", "2", "3"}
-    del labels
+        assert [line.split(": ", 1)[0] for line in lines] == paths
+        top = [line.split(": ", 1)[1].split()[0] for line in lines]
+        assert top == [str(label) for label in val.labels[:8]], (model, top)
 
 
 def test_the_readme_documents_every_setting_command_and_exit_code() -> None:

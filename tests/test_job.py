@@ -5,10 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
-from conftest import TINY_JOB, clean_environ, json_lines, run_entrypoint, score_model
+from conftest import json_lines, run_entrypoint, score_model
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
                    "seconds", "images_per_second"]
@@ -71,9 +70,8 @@ def test_manifest_lists_every_artifact_with_size_and_sha256(finished_run: dict) 
     assert not [p for p in finished_run["run"].iterdir() if p.name.startswith(".")]
 
 
-def test_best_h5_loads_in_plain_keras_and_scores_its_epoch(finished_run: dict,
-                                                           tiny_npz: Path) -> None:
-    scored = score_model(finished_run["run"] / "best.h5", tiny_npz)
+def test_best_h5_loads_in_plain_keras_and_scores_its_epoch(finished_run: dict) -> None:
+    scored = score_model(finished_run["run"] / "best.h5", finished_run["npz"])
     manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
     assert scored["accuracy"] == pytest.approx(manifest["best_value"], abs=1e-6)
     assert scored["dtype"] == "float32"
@@ -87,17 +85,27 @@ def test_a_finished_run_is_not_trained_again(finished_run: dict) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in finished_run["run"].iterdir()} == before
 
 
-def test_two_cpu_replicas_train_with_mirrored_strategy(tiny_npz: Path, tmp_path: Path) -> None:
-    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path),
-                        RUN_ID="mirrored", CPU_REPLICAS="2", BATCH_SIZE="8")
-    result = run_entrypoint(env)
-    assert result.returncode == 0, result.stderr
-    config = json.loads((tmp_path / "mirrored" / "config.json").read_text())
+def test_two_cpu_replicas_train_with_mirrored_strategy(finished_run: dict) -> None:
+    config = json.loads((finished_run["run"] / "config.json").read_text())
     assert (config["replicas"], config["global_batch_size"]) == (2, 16)
-    history = json.loads((tmp_path / "mirrored" / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [1, 2]
-    # 36 training images, global batch 16: two whole steps an epoch
-    assert all(row["images_per_second"] > 0 for row in history)
+    assert all(row["images_per_second"] > 0 for row in finished_run["history"])
+
+
+def test_every_export_is_in_the_manifest_with_its_parity(finished_run: dict) -> None:
+    manifest = json.loads((finished_run["run"] / "manifest.json").read_text())
+    assert set(manifest["exports"]) == {"savedmodel", "onnx", "litert"}
+    for kind, result in manifest["exports"].items():
+        assert result["status"] == "ok" and result["max_abs_difference"] <= 1e-3, kind
+    assert {"export/savedmodel/1/saved_model.pb", "export/onnx/model.onnx",
+            "export/litert/model.tflite", "export/labels.txt"} <= set(manifest["artifacts"])
+
+
+def test_progress_and_eta_are_on_every_epoch_line(finished_run: dict) -> None:
+    epochs = [r for r in json_lines(finished_run["result"].stdout)
+              if r["message"].startswith("epoch ") and "val_loss" in r]
+    assert [round(r["progress"], 2) for r in epochs] == [0.33, 0.67, 1.0]
+    assert all(isinstance(r["eta_seconds"], int) for r in epochs[1:])
+    assert epochs[-1]["eta_seconds"] == 0
 
 
 @pytest.mark.parametrize(("name", "min_width"), [("samples.png", 600), ("curves.png", 800)])

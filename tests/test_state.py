@@ -13,6 +13,7 @@ import pytest
 from conftest import (
     TINY_JOB,
     Job,
+    MlflowServer,
     RunStore,
     check_finished_run,
     clean_environ,
@@ -69,8 +70,12 @@ def _newest_state_epoch(store: RunStore) -> int:
 
 
 def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: Path,
+                                                 mlflow_server: MlflowServer,
                                                  tmp_path: Path) -> None:
-    env = clean_environ(RESUMABLE, run_store.env, DATASET=str(tiny_npz))
+    """Also tracked in MLflow throughout: one MLflow run across every restart."""
+    env = clean_environ(RESUMABLE, run_store.env, DATASET=str(tiny_npz),
+                        MLFLOW_TRACKING_URI=mlflow_server.uri,
+                        MLFLOW_EXPERIMENT_NAME=f"resumable-{tmp_path.name}")
     work = iter(tmp_path / f"work-{i}" for i in range(10))
 
     # 1. SIGTERM (preemption) in the middle of epoch 1: the state is saved, exit 143.
@@ -96,10 +101,14 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     job.finish(timeout=60)
     killed_at = _newest_state_epoch(run_store)
 
-    # 3. The next pod resumes from what the store had when the last one died, and finishes.
+    # 3. The next pod resumes from what the store had when the last one died, and finishes,
+    # with the tracking server down: it says what it could not log, and finishes all the same.
+    mlflow_server.stop()
     job = Job({**env, "WORK_DIR": str(next(work))})
     code, stderr = job.finish()
     assert code == 0, stderr
+    assert any("not logged to MLflow run" in r["message"] for r in job.lines), job.lines[-5:]
+    mlflow_server.start()
     assert job.resumed() == (killed_at + 1, 0)
     assert job.trained_epochs() == list(range(killed_at + 1, 4))
     check_finished_run(run_store, "resumable", tmp_path, tiny_npz, epochs=3)
@@ -123,6 +132,15 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     assert any("resume state 00003-0000000 is unusable" in m for m in messages)
     assert job.resumed() == (3, 0) and job.trained_epochs() == [3]
     check_finished_run(run_store, "resumable", tmp_path, tiny_npz, epochs=3)
+
+    # One MLflow run for the whole story, finished, each epoch's metrics once, and its files.
+    client = mlflow_server.client()
+    experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"])
+    (tracked,) = client.search_runs([experiment.experiment_id])
+    assert tracked.info.status == "FINISHED" and tracked.data.params["backbone"] == "VGG16"
+    steps = [m.step for m in client.get_metric_history(tracked.info.run_id, "val_accuracy")]
+    assert sorted(steps) == [1, 2, 3]
+    assert "best.h5" in {f.path for f in client.list_artifacts(tracked.info.run_id)}
 
     # 5. The same RUN_ID with settings that change the model: refused, naming them.
     run_store.delete("resumable/manifest.json")

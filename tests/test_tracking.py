@@ -7,26 +7,15 @@ SIGTERMed after epoch 2 and restarted, and a tracking server stopped in the midd
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_ports
+from conftest import MlflowServer, free_ports
 
 from trainer.tracking import RUN_ID_TAG, Tracker
-
-try:
-    importlib.metadata.version("mlflow")  # the server; the job needs only mlflow-skinny
-except importlib.metadata.PackageNotFoundError:
-    pytest.skip("mlflow is not installed (the dev extra has it)", allow_module_level=True)
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
            "images_per_second")
@@ -34,68 +23,6 @@ PARAMS = {"dataset": "digits", "backbone": "VGG16", "learning_rate": 1e-4, "epoc
           "image_size": None, "augment": "none"}
 TAGS = {"image": "registry.example.com/trainer:test"}
 DOWN_SECONDS = 5.0  # a call while the server is down returns within this
-
-
-class MlflowServer:
-    """`mlflow server` in its own process group, restartable on the same port and store."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        (self.port,) = free_ports(1)
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server writes to it
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError("mlflow server did not start in 120 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)  # the server and its uvicorn worker
-            self.process.wait(30)
-        self.process = None
-
-    def client(self):  # noqa: ANN201 - an MlflowClient
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.uri)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    saved = dict(os.environ)
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()  # also when a test failed: no server is left behind
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-@pytest.fixture
-def mlflow_server(server: MlflowServer) -> MlflowServer:
-    """The module's server, started again if a test left it stopped."""
-    if server.process is None:
-        server.start()
-    return server
 
 
 @pytest.fixture

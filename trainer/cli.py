@@ -24,12 +24,13 @@ from typing import Any, TypeVar
 
 import click
 
-from trainer.errors import INTERNAL_ERROR, TrainerError
+from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError
+from trainer.formats import check_export_runtimes, parse_formats
 from trainer.job import run_job
 from trainer.logs import setup_logging
 from trainer.platforms import failure_file
 from trainer.redaction import redact
-from trainer.runs import fetch_run, list_runs, rebuild_report
+from trainer.runs import fetch_run, list_runs, rebuild_report, resolve_model
 from trainer.settings import OPTIONS, check_run_id, default_of, load_settings
 from trainer.storage import Store, open_store
 from trainer.sweep import check_name, run_sweep, sweep_environ
@@ -134,7 +135,7 @@ def fetch(run_id: str, destination: str, **options: Any) -> None:
 def predict(model: str, images: tuple[str, ...], top: int, **options: Any) -> None:
     """Top classes of IMAGES, by class name; MODEL is a run id, an .h5 path, an exported
     SavedModel folder or an ONNX file."""
-    from trainer.predict import predict_images, resolve_model  # TensorFlow
+    from trainer.predict import predict_images  # TensorFlow
 
     path = resolve_model(model, _store(options))
     for image, ranked in predict_images(path, [Path(i) for i in images], top):
@@ -158,7 +159,6 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
              seed: int, dataset_mirror: str | None, work_dir: str, **options: Any) -> None:
     """Metrics and pictures of MODEL (a run id or an .h5) on DATASET (anything DATASET takes)."""
     from trainer.evaluation import evaluate_model  # TensorFlow
-    from trainer.predict import resolve_model
 
     path = resolve_model(model, _store(options))
     metrics = evaluate_model(path, dataset, split, Path(destination),
@@ -177,10 +177,7 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
 def export_command(model: str, formats: str, destination: str | None, **options: Any) -> int:
     """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
     differs)."""
-    from trainer.errors import ConfigError
-    from trainer.export import export_model
-    from trainer.formats import check_export_runtimes, parse_formats
-    from trainer.predict import resolve_model  # TensorFlow
+    from trainer.export import export_model  # TensorFlow
 
     chosen = parse_formats(formats, "--format")
     check_export_runtimes(chosen)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,8 @@ import numpy as np
 
 from trainer import images as decoding
 from trainer.artifacts import read_model_metadata
-from trainer.errors import DataError
 from trainer.pipeline import batch_preprocessor
-from trainer.runs import fetch_run
 from trainer.serving import Onnx, SavedModel, saved_model_version
-from trainer.storage import Store
-
-
-def resolve_model(model: str, store: Store) -> Path:
-    """A local .h5 or .onnx file, or SavedModel folder, as it is; a run id fetched (verified)
-    into a cache folder, its best.h5."""
-    path = Path(model)
-    if path.is_dir() and saved_model_version(path) is not None:
-        return path
-    if path.is_dir() and ("/" in model or model in (".", "..")):  # a path, not a run id
-        raise DataError(f"MODEL {model} is a folder without a SavedModel (saved_model.pb, "
-                        "or numbered version folders holding one)")
-    if model.endswith((".h5", ".onnx")) or path.is_file():
-        if not path.is_file():
-            raise DataError(f"MODEL {model} does not exist; give an .h5 or .onnx file, an "
-                            "exported SavedModel folder or a run id")
-        return path
-    cache = Path(tempfile.gettempdir()) / "trainer-models"
-    return fetch_run(store, model, cache) / "best.h5"
 
 
 def predict_images(model_path: Path, images: list[Path], top: int) -> list[tuple[str, list]]:

@@ -10,6 +10,7 @@ from trainer.artifacts import EVALUATION_FILES
 from trainer.errors import DataError, StorageError
 from trainer.files import sha256_of, write_atomic
 from trainer.report import PICTURES, build_report
+from trainer.serving import saved_model_version
 from trainer.storage import Store
 
 FETCHED = ("best.h5", "config.json", "history.json", "manifest.json")
@@ -98,3 +99,21 @@ def rebuild_report(store: Store, run_id: str) -> str:
             write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
             store.put_file(f"{run_id}/manifest.json", folder / "manifest.json")
     return f"{store.uri.rstrip('/')}/{run_id}/report.html"
+
+
+def resolve_model(model: str, store: Store) -> Path:
+    """A local .h5 or .onnx file, or SavedModel folder, as it is; a run id fetched (verified)
+    into a cache folder, its best.h5."""
+    path = Path(model)
+    if path.is_dir() and saved_model_version(path) is not None:
+        return path
+    if path.is_dir() and ("/" in model or model in (".", "..")):  # a path, not a run id
+        raise DataError(f"MODEL {model} is a folder without a SavedModel (saved_model.pb, "
+                        "or numbered version folders holding one)")
+    if model.endswith((".h5", ".onnx")) or path.is_file():
+        if not path.is_file():
+            raise DataError(f"MODEL {model} does not exist; give an .h5 or .onnx file, an "
+                            "exported SavedModel folder or a run id")
+        return path
+    cache = Path(tempfile.gettempdir()) / "trainer-models"
+    return fetch_run(store, model, cache) / "best.h5"
