@@ -254,6 +254,14 @@ def s3_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server of its own, for the one end-to-end run that goes through S3 once."""
+    server = S3Server("moto", tmp_path_factory.mktemp("s3-moto-e2e")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture()
 def rclone_server(tmp_path: Path):  # noqa: ANN201 - a server of its own, to stop and start
     server = S3Server("rclone", tmp_path / "s3").start()
