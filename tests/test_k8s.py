@@ -284,7 +284,11 @@ def test_failure_policy_and_lifetime(overlay: str) -> None:
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
     assert spec["podReplacementPolicy"] == "Failed"
     assert spec["activeDeadlineSeconds"] > 0
-    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
+    grace = spec["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= 60
+    # The job knows its grace period, and spends most of it on the upload after SIGTERM.
+    told = {e["name"]: e.get("value") for e in work.container["env"]}
+    assert told["TERMINATION_GRACE_SECONDS"] == str(grace)
     rules = spec["podFailurePolicy"]["rules"]
     assert [r["action"] for r in rules] == ["FailJob", "Ignore"]
     exits = rules[0]["onExitCodes"]
