@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check trainer tests bench entrypoint.py
 	$(BIN)/mypy
 
-# The lint, then every test (two pytest-xdist workers; see tests/conftest.py).
+# The lint, then every test.
 test: lint
 	$(BIN)/python -m pytest
 
