@@ -32,9 +32,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check trainer tests bench entrypoint.py
 	$(BIN)/mypy
 
-# The lint, then every test.
+# The lint, then every test, on two pytest-xdist workers: while one waits on a subprocess, a
+# server or a socket, the other computes (tests that share a fixture stay on one worker).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # Builds the Dockerfile with buildah and runs a tiny job in it against S3 on loopback (root).
 container-test: $(STAMP)

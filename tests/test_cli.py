@@ -15,6 +15,9 @@ from click.testing import CliRunner
 from trainer.cli import cli
 from trainer.settings import OPTIONS
 
+# One worker runs every test that reads the shared finished run (trained once per worker).
+pytestmark = pytest.mark.xdist_group("finished_run")
+
 
 def _commands() -> list[click.Command]:
     return list(cli.commands.values())

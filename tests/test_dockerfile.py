@@ -103,7 +103,8 @@ def test_base_tensorflow_and_baked_weights_are_build_arguments() -> None:
     assert len(froms) == 2 and all(f.startswith("${BASE_IMAGE}") for f in froms)
     runs = " ".join(rest for keyword, rest in instructions() if keyword == "RUN")
     assert "python3 -m venv /opt/venv" in runs  # python:3.11-slim's and Debian's python3 alike
-    assert '"${TF_PACKAGE}" .' in runs and "$BAKE_WEIGHTS" in runs
+    # The job with the export runtimes and MLflow's client, over the chosen TensorFlow.
+    assert '"${TF_PACKAGE}" ".[export,tracking]"' in runs and "$BAKE_WEIGHTS" in runs
 
 
 def test_the_contracts_defaults_are_the_images_environment() -> None:

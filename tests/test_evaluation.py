@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 from conftest import clean_environ
 
+# One worker runs every test that reads the shared finished run (trained once per worker).
+pytestmark = pytest.mark.xdist_group("finished_run")
+
 PICTURES = ("samples.png", "curves.png", "confusion.png", "errors.png")
 
 

@@ -9,6 +9,9 @@ import json
 import pytest
 from conftest import json_lines, run_entrypoint, score_model
 
+# One worker runs every test that reads the shared finished run (trained once per worker).
+pytestmark = pytest.mark.xdist_group("finished_run")
+
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
                    "seconds", "images_per_second"]
 
@@ -39,8 +42,9 @@ def test_history_has_the_contract_columns(finished_run: dict) -> None:
 def test_config_records_what_a_user_needs_to_reproduce(finished_run: dict) -> None:
     config = json.loads((finished_run["run"] / "config.json").read_text())
     assert config["settings"]["backbone"] == "VGG16" and config["settings"]["epochs"] == 3
-    assert config["class_names"] == ["0", "1", "2", "3"]
-    assert config["image_size"] == 32 and config["replicas"] == 1
+    assert config["class_names"] == ["0", "1"]
+    assert config["image_size"] == 32 and config["replicas"] == 2
+    assert (config["precision"], config["precision_reason"]) == ("float32", "PRECISION=float32")
     assert config["preprocessing"] == "keras.applications.vgg16"
     assert {"tensorflow", "keras", "python"} <= set(config["versions"])
 

@@ -25,6 +25,9 @@ from trainer.errors import ConfigError
 from trainer.state import LoopState, check_fingerprint
 from trainer.storage import LocalStore
 
+# One worker runs the tests of the MLflow server (one server per worker).
+pytestmark = pytest.mark.xdist_group("mlflow")
+
 
 def _row(epoch: int, value: float) -> dict:
     return {"epoch": epoch, "loss": 1.0, "accuracy": 0.5, "val_loss": value,

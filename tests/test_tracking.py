@@ -17,6 +17,9 @@ from conftest import MlflowServer, free_ports
 
 from trainer.tracking import RUN_ID_TAG, Tracker
 
+# One worker runs the tests of the MLflow server (one server per worker).
+pytestmark = pytest.mark.xdist_group("mlflow")
+
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
            "images_per_second")
 PARAMS = {"dataset": "digits", "backbone": "VGG16", "learning_rate": 1e-4, "epochs": 4,
