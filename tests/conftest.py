@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -67,6 +68,9 @@ STARTED: list[subprocess.Popen] = []
 @pytest.fixture(autouse=True)
 def _kill_what_the_test_started() -> Iterator[None]:
     yield
+    # A test that ran the CLI in this process left the trainer's log handler on its captured
+    # output, which pytest has closed since.
+    logging.getLogger("trainer").handlers.clear()
     while STARTED:
         process = STARTED.pop()
         if process.poll() is None:

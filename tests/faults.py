@@ -95,6 +95,9 @@ class FaultProxy:
             target = self._generation
             if not self._applied.wait_for(lambda: self._seen >= target or self._closed, 10):
                 raise RuntimeError("the proxy's acceptor did not apply the mode")
+        # Every pump looks at the mode at least once a POLL: after two, none still works in the
+        # old one (a stall must stall the very next request).
+        time.sleep(2 * POLL)
 
     def close(self) -> None:
         with self._lock:
@@ -211,6 +214,9 @@ class _Connection:
                 time.sleep(POLL)
                 continue
             if not select.select([source], [], [], POLL)[0]:
+                continue
+            mode = self.proxy.mode  # it may have changed while this thread waited
+            if mode.name == "stall":
                 continue
             size = max(1, min(CHUNK, mode.rate // 20)) if mode.name == "throttle" else CHUNK
             data = source.recv(size)
