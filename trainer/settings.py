@@ -60,6 +60,7 @@ class Settings:
     xla: Literal["auto", "on", "off"] = "auto"
     peer_timeout: float = 600.0
     termination_grace_seconds: float = 30.0
+    bad_images: Literal["skip", "fail"] = "skip"
 
     @property
     def monitor_mode(self) -> Literal["max", "min"]:
