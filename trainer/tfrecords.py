@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from trainer.errors import DataError
+from trainer.logs import get_logger
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -322,7 +323,11 @@ def count_records(dataset: Dataset, strategy: Any = None, worker: int = 0, worke
     if not isinstance(train, Records) or not isinstance(val, Records):
         return dataset
     error: DataError | None = None
-    row = [0] * 9
+    row = [0] * 10
+    files, by_record = shard(len(train.files), worker, workers)
+    get_logger().info(f"reading {len(files)} of {len(train.files)} training TFRecord file(s)"
+                      + (", a share of their records" if by_record else ""),
+                      extra={"worker": worker, "tfrecord_files": len(files)})
     try:
         if val.holdout is not None:
             kept, held = _tally(train, worker, workers)

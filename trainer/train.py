@@ -31,7 +31,7 @@ from trainer.control import (
     peer_loss_is_transient,
     stop_on_sigterm,
 )
-from trainer.data import Dataset
+from trainer.data import Dataset, Split
 from trainer.distribution import Cluster, make_strategy, resolve_precision, resolve_xla
 from trainer.errors import ConfigError, StorageError, Terminated, UploadsUnfinished
 from trainer.evaluation import evaluate
@@ -146,7 +146,9 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
                    "fine_tune_epochs": settings.fine_tune_epochs}
     outputs = _outputs(settings, store, cluster, metadata, fingerprint)
     data_report = {"image_size_choice": size_reason, "bad_images": bad_images}
-    outputs.start(run_config(settings, {**metadata, **recipe, **data_report}, replicas, cached,
+    # Every worker's examples: TFRecords kept in memory are this worker's share only.
+    whole = dataset if isinstance(cached.train, Split) and cached.train.shard else cached
+    outputs.start(run_config(settings, {**metadata, **recipe, **data_report}, replicas, whole,
                              _versions()), preview(cached, image_size, worker, workers))
     run = Run(settings, cluster, loop, checkpoint, cached, image_size, preprocess, steps,
               outputs, stop)
