@@ -287,9 +287,14 @@ def _first_side(path: str) -> int:
     from PIL import Image, UnidentifiedImageError
 
     sides = []
-    for record in tf.data.TFRecordDataset(path).take(SIDE_SAMPLE).map(parse).as_numpy_iterator():
+    try:
+        records = list(tf.data.TFRecordDataset(path).take(SIDE_SAMPLE).map(parse)
+                       .as_numpy_iterator())
+    except tf.errors.OpError:
+        return 0  # the count names the file
+    for encoded, _ in records:
         try:
-            with Image.open(io.BytesIO(record[0])) as image:
+            with Image.open(io.BytesIO(encoded)) as image:
                 sides.append(max(image.size))
         except (OSError, UnidentifiedImageError, ValueError):
             continue
@@ -303,7 +308,8 @@ def _gather_rows(row: list[int], strategy: Any, workers: int) -> np.ndarray:
     if strategy is None or (workers <= 1 and strategy.num_replicas_in_sync == 1):
         return np.asarray([row], np.int64)
     local_replicas = strategy.num_replicas_in_sync // workers
-    value = tf.constant([row], tf.int64)
+    # float64: collectives on every device type carry it, and it holds these counts exactly.
+    value = tf.constant([row], tf.float64)
 
     @tf.function
     def gather() -> Any:
@@ -311,7 +317,7 @@ def _gather_rows(row: list[int], strategy: Any, workers: int) -> np.ndarray:
             lambda: tf.distribute.get_replica_context().all_gather(value, axis=0))
 
     gathered = strategy.experimental_local_results(gather())[0].numpy()
-    return gathered[::local_replicas]  # one row per replica: each worker's first
+    return np.round(gathered[::local_replicas]).astype(np.int64)  # each worker's first replica
 
 
 def count_records(dataset: Dataset, strategy: Any = None, worker: int = 0, workers: int = 1

@@ -132,8 +132,9 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     if cached.train is not dataset.train:
         log.info("decoded images kept in memory", extra={
             "run_id": settings.run_id, "images": len(cached.train) + len(cached.val)})
-    bad_images = [str(bad) for bad in dataset.bad_images] + apply_bad_images_policy(
-        take_decode_failures(), settings.bad_images, settings.run_id)
+    bad_images = [str(bad) for bad in dataset.bad_images] + [
+        f"{name} (failed to decode)" for name in apply_bad_images_policy(
+            take_decode_failures(), settings.bad_images, settings.run_id)]
     preprocess = batch_preprocessor(image_size, preprocess_function(settings.backbone))
 
     # 6. Outputs: the chief writes them, in their order (trainer/outputs.py).
