@@ -195,3 +195,20 @@ def test_the_memory_limit_comes_from_cgroup_v2_or_v1(tmp_path: Path) -> None:
     (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
     assert memory_limit(v1) == machine
     assert memory_limit(tmp_path / "none") == machine
+
+
+def test_failures_are_named_also_in_a_row_and_at_the_end(image_folder: Path,
+                                                         tmp_path: Path) -> None:
+    data = load_dataset(str(image_folder), validation_split=0.1, seed=0)
+    good = list(data.val.images[:3])
+    missing = [str(tmp_path / f"gone-{i}.png") for i in range(22)]
+    # two failures together, then a run longer than the window, then two at the very end
+    paths = [good[0], *missing[:2], good[1], *missing[2:20], good[2], *missing[20:]]
+    files = Split(paths, np.zeros(len(paths), np.int64))
+    take_decode_failures()
+    prep = batch_preprocessor(12, _identity)
+    batches = _batches(evaluation_input(files, 12, prep, 4), evaluation_steps(files, 4))
+    assert sum(w.sum() for _, _, w in batches) == 3
+    failures = take_decode_failures()
+    # The 15 just before the good image that ends the run are named, the 3 before them counted.
+    assert failures == [*missing[:2], *missing[5:22], "3 more image(s) next to those"]

@@ -176,3 +176,19 @@ def test_two_workers_each_read_their_own_tfrecord_files(tmp_path: Path) -> None:
     assert (config["train_examples"], config["validation_examples"]) == (48, 12)
     metrics = json.loads((tmp_path / "runs" / "two-workers" / "metrics.json").read_text())
     assert metrics["examples"] == 12  # the chief evaluates every validation record
+
+
+def test_a_resumed_epoch_sees_the_batches_it_had_not_trained_on(tmp_path: Path) -> None:
+    root = write_records(tmp_path / "r", list(range(3)) * 20, parts=3)
+    data = count_records(load_dataset(str(root), validation_split=0.2, seed=0))
+    prep = batch_preprocessor(12, lambda images: images)
+
+    def batches(epoch: int, skip: int) -> list:
+        fn = training_input(data.train, 12, prep, 4, 7, epoch, skip_steps=skip, budget=10**6)
+        return [(x.numpy(), y.numpy()) for x, y in fn(tf.distribute.InputContext()).take(5)]
+
+    whole, resumed = batches(1, 0), batches(1, 2)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+               for a, b in zip(whole[2:], resumed, strict=False))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(whole, batches(2, 0),
+                                                              strict=True))

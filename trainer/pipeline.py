@@ -59,22 +59,33 @@ def batch_preprocessor(image_size: int, preprocess_input: Callable) -> Callable:
 
 # --- Images that do not decode -----------------------------------------------------------
 
+# A failed element is named by the next one that decodes, which carries the names of the
+# FAILURE_WINDOW - 1 elements before it (longer runs of failures are counted, not named).
+FAILURE_WINDOW = 16
 _failures: list[str] = []
+_unnamed_failures = [0]
 _failures_lock = threading.Lock()
 
 
-def _record_failure(name: tf.Tensor) -> tf.Tensor:
+def _note_failures(window: tf.Tensor, missing: tf.Tensor) -> tf.Tensor:
+    count = int(missing)
+    named = min(count, FAILURE_WINDOW - 1)
+    names = [n.decode("utf-8", "replace") for n in window.numpy()[-1 - named:-1]]
     with _failures_lock:
-        _failures.append(name.numpy().decode("utf-8", "replace"))
-    return tf.constant(False)
+        _failures.extend(names)
+        _unnamed_failures[0] += count - named
+    return tf.constant(True)
 
 
 def take_decode_failures() -> list[str]:
     """The files (or `FILE#POSITION` records) that failed to decode since the last call, each
-    once, in order."""
+    once, in order (and "N more" for failures too close together to be named)."""
     with _failures_lock:
         found = list(dict.fromkeys(_failures))
+        if _unnamed_failures[0]:
+            found.append(f"{_unnamed_failures[0]} more image(s) next to those")
         _failures.clear()
+        _unnamed_failures[0] = 0
     return found
 
 
@@ -93,30 +104,52 @@ def apply_bad_images_policy(names: list[str], policy: str, run_id: str = "") -> 
     return names
 
 
-def _guarded(ds: tf.data.Dataset, convert: Callable, image_size: int) -> tf.data.Dataset:
-    """Elements (*payload, name) -> (image, label) by `convert(*payload)`; an element whose
-    conversion fails (a broken file, a malformed record) is left out and its name recorded.
+def _guarded(ds: tf.data.Dataset, convert: Callable, image_size: int,
+             finite: bool) -> tf.data.Dataset:
+    """Elements (*payload, name) -> (image, label) by `convert(*payload)`, in parallel and in
+    order; an element whose conversion fails (a broken file, a malformed record) is left out,
+    and its name recorded (see `take_decode_failures`).
 
-    tf.data has no decode that reports failure without ending the iteration, so each element is
-    converted in a one-element dataset whose errors are ignored, followed by a fallback that
-    marks it failed (about 0.1 ms an element, small beside decoding a photo)."""
-    fallback = (tf.zeros((image_size, image_size, 3), tf.uint8), tf.constant(-1, tf.int64),
-                tf.constant(False))
+    tf.data cannot catch an error, only skip the element (`ignore_errors`). So each element
+    carries its sequence number and the names of the elements up to it, and the first element
+    after a gap in the numbers names the ones missing. A `finite` stream ends with a blank
+    element, never converted, so that failures at its very end are found too."""
+    ds = ds.map(lambda *fields: (fields, tf.constant(False)))
+    if finite:
+        blank = tuple(tf.zeros(spec.shape, spec.dtype) for spec in ds.element_spec[0])
+        ds = ds.concatenate(tf.data.Dataset.from_tensors((blank, tf.constant(True))))
 
-    def attempt(*element: tf.Tensor) -> tf.data.Dataset:
-        *payload, name = element
-        converted = tf.data.Dataset.from_tensors(tuple(payload)).map(
-            lambda *p: (*convert(*p), tf.constant(True))).ignore_errors()
-        outcome = converted.concatenate(tf.data.Dataset.from_tensors(fallback)).take(1)
-        return outcome.map(lambda image, label, ok: (image, label, ok, name))
+    def remember(window: tf.Tensor, element: tuple) -> tuple:
+        fields, last = element
+        window = tf.concat([window[1:], tf.reshape(fields[-1], [1])], 0)
+        return window, (fields[:-1], last, window)
 
-    def keep(image: tf.Tensor, label: tf.Tensor, ok: tf.Tensor, name: tf.Tensor) -> tf.Tensor:
-        # Python runs only for a failure: the name is recorded, and the element dropped.
-        return tf.cond(ok, lambda: tf.constant(True), lambda: tf.reshape(
-            tf.py_function(_record_failure, [name], tf.bool), []))
+    def attempt(number: tf.Tensor, element: tuple) -> tuple:
+        payload, last, window = element
+        image, label = tf.cond(last, lambda: (tf.zeros((image_size, image_size, 3), tf.uint8),
+                                              tf.constant(-1, tf.int64)),
+                               lambda: convert(*payload))
+        return number, image, label, last, window
 
-    ds = ds.interleave(attempt, num_parallel_calls=AUTOTUNE, deterministic=False)
-    return ds.filter(keep).map(lambda image, label, ok, name: (image, label))
+    def gap(previous: tf.Tensor, element: tuple) -> tuple:
+        number, image, label, last, window = element
+        return number, (image, label, last, window, number - previous - 1)
+
+    def report(image: tf.Tensor, label: tf.Tensor, last: tf.Tensor, window: tf.Tensor,
+               missing: tf.Tensor) -> tuple:
+        # Python runs only after a failure.
+        noted = tf.cond(missing > 0, lambda: tf.reshape(
+            tf.py_function(_note_failures, [window, missing], tf.bool), []),
+            lambda: tf.constant(True))
+        with tf.control_dependencies([noted]):
+            return tf.identity(image), tf.identity(label), last
+
+    ds = ds.scan(tf.fill([FAILURE_WINDOW], ""), remember).enumerate()
+    ds = ds.map(attempt, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+    ds = ds.scan(tf.constant(-1, tf.int64), gap).map(report)
+    if finite:
+        ds = ds.filter(lambda image, label, last: tf.logical_not(last))
+    return ds.map(lambda image, label, last: (image, label))
 
 
 # --- Sources: which elements a worker reads, in which order ---------------------------------
@@ -135,8 +168,8 @@ def _as_tensor(images: np.ndarray) -> tf.Tensor:
 
 def _elements(split: Split | Records, worker: int, workers: int, order_seed: int | None,
               budget: int) -> tf.data.Dataset:
-    """Undecoded elements of this worker's share: (image, label) in memory, (path, label,
-    path) for files, (record, name) for TFRecords; shuffled by `order_seed` when given."""
+    """Undecoded elements of this worker's share, shuffled by `order_seed` when given: indices
+    into a Split (images in memory or files), (record, name) for TFRecords."""
     if isinstance(split, Records):
         ds = read_records(split, worker, workers, order_seed)
         if order_seed is not None:
@@ -150,12 +183,7 @@ def _elements(split: Split | Records, worker: int, workers: int, order_seed: int
         raise RuntimeError(f"split of worker {split.shard} read by worker {worker}/{workers}")
     if order_seed is not None:
         ds = ds.shuffle(max(1, len(split)), seed=order_seed, reshuffle_each_iteration=False)
-    labels = tf.constant(split.labels, tf.int64)
-    if split.in_memory:
-        images = _as_tensor(split.images)
-        return ds.map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
-    paths = tf.constant(list(split.images), tf.string)
-    return ds.map(lambda i: (tf.gather(paths, i), tf.gather(labels, i), tf.gather(paths, i)))
+    return ds
 
 
 def _record_buffer(split: Records, worker: int, workers: int, budget: int) -> int:
@@ -177,19 +205,27 @@ def _local_count(split: Split | Records, worker: int, workers: int) -> int:
     return len(range(worker, len(split), workers))
 
 
-def _decoded(ds: tf.data.Dataset, split: Split | Records, image_size: int) -> tf.data.Dataset:
-    """Undecoded elements -> (uint8 image, label): files and records decoded at the training
-    size in parallel (broken ones left out), images in memory as they are."""
+def _decoded(ds: tf.data.Dataset, split: Split | Records, image_size: int,
+             finite: bool = False) -> tf.data.Dataset:
+    """`_elements` -> (uint8 image, label): images in memory looked up, files and records
+    decoded at the training size in parallel (broken ones left out and named)."""
     if isinstance(split, Records):
         def convert_record(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             encoded, label = parse(record)
             return resize(decode(encoded), image_size), label
 
-        return _guarded(ds, convert_record, image_size)
+        return _guarded(ds, convert_record, image_size, finite)
+    labels = tf.constant(split.labels, tf.int64)
+    # Looked up a batch of indices at a time: one lookup per element costs 4 times as much.
+    ds = ds.batch(256)
     if split.in_memory:
-        return ds
-    return _guarded(ds, lambda path, label: (resize(decode(tf.io.read_file(path)), image_size),
-                                             label), image_size)
+        images = _as_tensor(split.images)
+        return ds.map(lambda i: (tf.gather(images, i), tf.gather(labels, i)),
+                      num_parallel_calls=AUTOTUNE).unbatch()
+    paths = tf.constant(list(split.images), tf.string)
+    ds = ds.map(lambda i: (tf.gather(paths, i), tf.gather(labels, i), tf.gather(paths, i)))
+    return _guarded(ds.unbatch(), lambda path, label: (
+        resize(decode(tf.io.read_file(path)), image_size), label), image_size, finite)
 
 
 def augmenter(kinds: tuple[str, ...]) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
@@ -277,7 +313,7 @@ def evaluation_input(
         local_batch = per_replica * (context.num_replicas_in_sync // workers)
         steps = evaluation_steps(split, global_batch, workers)
         ds = _decoded(_elements(split, context.input_pipeline_id, workers, None, 0), split,
-                      image_size)
+                      image_size, finite=True)
         ds = ds.map(lambda x, y: (x, y, tf.constant(1.0)))
         shape = (split.images.shape[1:] if isinstance(split, Split) and split.in_memory
                  else (image_size, image_size, 3))
@@ -323,7 +359,8 @@ def cache_decoded(split: Split | Records, image_size: int, budget: int, worker: 
     local = _local_count(split, worker, workers)
     if local * image_size * image_size * 3 > budget:
         return split
-    ds = _decoded(_elements(split, worker, workers, None, 0), split, image_size).batch(256)
+    ds = _decoded(_elements(split, worker, workers, None, 0), split, image_size,
+                  finite=True).batch(256)
     images = np.empty((local, image_size, image_size, 3), np.uint8)
     labels = np.empty(local, np.int64)
     filled = 0
@@ -371,7 +408,7 @@ def preview(dataset: Dataset, image_size: int, worker: int = 0, workers: int = 1
     if not isinstance(dataset.train, Records):
         return dataset
     ds = _decoded(_elements(dataset.train, worker, workers, None, 0), dataset.train,
-                  image_size).take(count).batch(count)
+                  image_size, finite=True).take(count).batch(count)
     images, labels = next(ds.as_numpy_iterator(), (np.zeros((0, image_size, image_size, 3),
                                                             np.uint8), np.zeros(0, np.int64)))
     return replace(dataset, train=Split(images, labels))
