@@ -212,3 +212,16 @@ def test_failures_are_named_also_in_a_row_and_at_the_end(image_folder: Path,
     failures = take_decode_failures()
     # The 15 just before the good image that ends the run are named, the 3 before them counted.
     assert failures == [*missing[:2], *missing[5:22], "3 more image(s) next to those"]
+
+
+def test_first_images_of_any_split_can_be_indexed(image_folder: Path, tmp_path: Path) -> None:
+    from trainer.pipeline import first_images
+
+    files = load_dataset(str(image_folder), validation_split=0.1, seed=0)
+    records = count_records(load_dataset(str(write_tfrecords(
+        tmp_path / "r", [np.full((12, 12, 3), 9, np.uint8)] * 6, [0, 1] * 3)),
+        validation_split=0.3, seed=0))
+    for split in (files.val, records.train, load_dataset("digits", validation_split=0.1,
+                                                         seed=0).val):
+        first = first_images(split, 12, 4)
+        assert first.in_memory and len(first) == 4 and first.images.dtype == np.uint8

@@ -401,14 +401,24 @@ def fit_batch(batch_size: int, replicas: int, examples: int) -> tuple[int, int]:
     return per_replica, max(1, examples // (per_replica * replicas))
 
 
+def first_images(split: Split | Records, image_size: int, count: int, worker: int = 0,
+                 workers: int = 1) -> Split:
+    """Up to `count` images of `split` (this worker's share of TFRecords) in memory, with their
+    labels: what pictures and export checks can index, whatever the split holds."""
+    if isinstance(split, Split) and split.in_memory:
+        return Split(split.images[:count], split.labels[:count])
+    ds = _decoded(_elements(split, worker, workers, None, 0), split, image_size,
+                  finite=True).take(count).batch(max(1, count))
+    images, labels = next(ds.as_numpy_iterator(), (np.zeros((0, image_size, image_size, 3),
+                                                            np.uint8), np.zeros(0, np.int64)))
+    return Split(images, labels)
+
+
 def preview(dataset: Dataset, image_size: int, worker: int = 0, workers: int = 1,
             count: int = 32) -> Dataset:
     """The dataset with a training split that pictures can index: TFRecords' first `count`
     images (of this worker's share) decoded; other datasets as they are."""
     if not isinstance(dataset.train, Records):
         return dataset
-    ds = _decoded(_elements(dataset.train, worker, workers, None, 0), dataset.train,
-                  image_size, finite=True).take(count).batch(count)
-    images, labels = next(ds.as_numpy_iterator(), (np.zeros((0, image_size, image_size, 3),
-                                                            np.uint8), np.zeros(0, np.int64)))
-    return replace(dataset, train=Split(images, labels))
+    return replace(dataset, train=first_images(dataset.train, image_size, count, worker,
+                                               workers))
