@@ -198,3 +198,100 @@ def test_entrypoint_exits_3_for_bad_data(kind: str, tmp_path: Path, one_class_fo
     assert result.returncode == 3, result.stderr
     assert f"DATASET={dataset}" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def _npz_with(tmp_path: Path, name: str, **arrays: np.ndarray) -> str:
+    rng = np.random.default_rng(0)
+    arrays.setdefault("x_train", rng.integers(0, 256, (len(arrays["y_train"]), 8, 8),
+                                              dtype=np.uint8))
+    np.savez(tmp_path / name, **arrays)
+    return str(tmp_path / name)
+
+
+def test_one_hot_and_probability_labels_are_taken_by_argmax(tmp_path: Path) -> None:
+    classes = np.arange(20) % 4
+    one_hot = np.eye(5, dtype=np.float32)[classes]  # 5 columns: class 4 has no example
+    data = load_dataset(_npz_with(tmp_path, "onehot.npz", y_train=one_hot),
+                        validation_split=0.25, seed=0)
+    assert data.class_names == ("0", "1", "2", "3", "4")
+    assert sorted(np.concatenate([data.train.labels, data.val.labels])) == sorted(classes)
+    soft = np.full((20, 4), 0.1) + 0.6 * np.eye(4)[classes]
+    test_labels = np.eye(4)[np.arange(8) % 4]
+    data = load_dataset(_npz_with(tmp_path, "soft.npz", y_train=soft,
+                                  x_test=np.zeros((8, 8, 8), np.uint8), y_test=test_labels),
+                        validation_split=0.25, seed=0)
+    assert np.array_equal(data.train.labels, classes)
+    assert np.array_equal(data.val.labels, np.arange(8) % 4)
+    column = load_dataset(_npz_with(tmp_path, "column.npz", y_train=classes[:, None]),
+                          validation_split=0.25, seed=0)
+    assert column.train.labels.ndim == 1 and len(column.train) == 15
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    (np.array([0, 1, 2.5, 1] * 5), "y_train holds non-integer labels \\(e.g. 2.5\\)"),
+    (np.array([0, 1, -1, 1] * 5), "y_train holds negative labels"),
+    (np.array(["a", "b"] * 10), "y_train holds <U1 values"),
+    (np.zeros((20, 2, 2)), "y_train has shape \\(20, 2, 2\\)"),
+])
+def test_unusable_labels_are_data_errors_naming_y_train(tmp_path: Path, labels: np.ndarray,
+                                                         message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        load_dataset(_npz_with(tmp_path, "bad.npz", y_train=labels), validation_split=0.25,
+                     seed=0)
+
+
+def test_labels_out_of_range_of_the_class_names_name_the_array(tmp_path: Path) -> None:
+    dataset = _npz_with(tmp_path, "range.npz", y_train=np.arange(20) % 3,
+                        x_test=np.zeros((4, 8, 8), np.uint8), y_test=np.array([0, 1, 2, 7]),
+                        class_names=np.array(["a", "b", "c"]))
+    with pytest.raises(DataError, match="y_test holds label 7, out of range for the 3 names"):
+        load_dataset(dataset, validation_split=0.25, seed=0)
+    whole = load_dataset(_npz_with(tmp_path, "whole.npz", y_train=(np.arange(20) % 3) * 1.0),
+                         validation_split=0.25, seed=0)
+    assert whole.train.labels.dtype == np.int64  # 2.0 is the class 2
+
+
+def test_sixteen_bit_arrays_are_scaled_not_clipped(tmp_path: Path) -> None:
+    deep = (np.arange(20 * 8 * 8).reshape(20, 8, 8) % 256).astype(np.uint16) * 257
+    data = load_dataset(_npz_with(tmp_path, "deep.npz", x_train=deep, y_train=np.arange(20) % 2),
+                        validation_split=0.25, seed=0)
+    images = np.concatenate([data.train.images, data.val.images])
+    assert images.dtype == np.uint8 and images.max() == 255 and images.min() == 0
+    assert (images == 255).mean() < 0.01  # clipping would make nearly every pixel 255
+    floats = load_dataset(_npz_with(tmp_path, "floats.npz", x_train=deep / 65535.0,
+                                    y_train=np.arange(20) % 2), validation_split=0.25, seed=0)
+    assert np.array_equal(np.sort(floats.train.images, axis=None),
+                          np.sort(data.train.images, axis=None))
+
+
+def test_the_default_image_size_is_capped_at_the_backbones_native_size() -> None:
+    from trainer.backbones import NATIVE_IMAGE_SIZE, default_image_size
+
+    assert default_image_size(1600, "MobileNetV2")[0] == 224
+    assert default_image_size(1600, "Xception")[0] == 299
+    assert default_image_size(1600, "EfficientNetB3")[0] == 300
+    assert default_image_size(4032, "NASNetLarge")[0] == 331
+    assert default_image_size(32, "ResNet50") == (32, "the images' own side")
+    assert default_image_size(8, "VGG16")[0] == 32
+    assert default_image_size(40, "InceptionV3")[0] == 75
+    assert [NATIVE_IMAGE_SIZE[f"EfficientNetB{i}"] for i in range(8)] == [
+        224, 240, 260, 300, 380, 456, 528, 600]
+    assert "native input size, 224" in default_image_size(1600, "MobileNetV2")[1]
+
+
+def test_a_folder_of_photos_has_its_typical_side_whatever_comes_first(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from trainer.backbones import default_image_size
+
+    for name in ("beach", "forest"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (1600, 1200), (i * 40, 90, 10)).save(
+                tmp_path / "photos" / name / f"IMG_{i}.jpg", quality=50)
+    # One small image first in every order: the side is still the photos'.
+    Image.new("RGB", (10, 10)).save(tmp_path / "photos" / "beach" / "0-thumb.png")
+    for seed in (0, 1, 2):
+        data = load_dataset(str(tmp_path / "photos"), validation_split=0.25, seed=seed)
+        assert data.native_size == 1600
+        assert default_image_size(data.native_size, "MobileNetV2")[0] == 224

@@ -15,7 +15,9 @@ Modules, by concern:
 - job: the checks before training; train: the recipe (devices, model, steps, inputs,
   outputs, resume, epochs, finish); loop: the compiled steps; recipe: phases and schedule;
   control: SIGTERM and lost peers; distribution and peers: strategies and clusters.
-- data: datasets as arrays or files; pipeline: tf.data; backbones: the name table;
+- data, folders, tfrecords: datasets as arrays, image files or TFRecord streams (tfrecords
+  reads and counts with TensorFlow, imported only inside its functions, after the strategy);
+  images: the one decode-and-resize; pipeline: tf.data; backbones: the name table and sizes;
   model: the classifier and its weights.
 - storage, s3, uploader: where runs are kept; files: atomic writes and digests;
   artifacts: a run's files; outputs: what the chief writes and when; state: resume state.

@@ -17,9 +17,33 @@ _NAMES = (
     "VGG16 VGG19 Xception"
 ).split()
 MIN_IMAGE_SIZE = {name: _MIN_SIZE_EXCEPTIONS.get(name, 32) for name in _NAMES}
+# The side each backbone was trained on in ImageNet (keras.applications' default input size).
+_NATIVE_SIZE_EXCEPTIONS = {
+    "Xception": 299, "InceptionV3": 299, "InceptionResNetV2": 299, "NASNetLarge": 331,
+    **{f"EfficientNetB{i}": side for i, side in enumerate((224, 240, 260, 300, 380, 456, 528,
+                                                           600))},
+    "EfficientNetV2B0": 224, "EfficientNetV2B1": 240, "EfficientNetV2B2": 260,
+    "EfficientNetV2B3": 300, "EfficientNetV2S": 384, "EfficientNetV2M": 480,
+    "EfficientNetV2L": 480,
+}
+NATIVE_IMAGE_SIZE = {name: _NATIVE_SIZE_EXCEPTIONS.get(name, 224) for name in _NAMES}
 _BY_LOWER = {name.lower(): name for name in _NAMES}
 
 
 def canonical_name(name: str) -> str | None:
     """`resnet50` -> `ResNet50`; None for a name keras.applications does not have."""
     return _BY_LOWER.get(name.strip().lower())
+
+
+def default_image_size(dataset_side: int, backbone: str) -> tuple[int, str]:
+    """IMAGE_SIZE when it is not set, and why: the dataset's own side when it is small (raised
+    to the backbone's minimum), else the backbone's native input size, so that phone photos
+    do not train at 4032 x 4032."""
+    minimum, native = MIN_IMAGE_SIZE[backbone], NATIVE_IMAGE_SIZE[backbone]
+    if dataset_side > native:
+        return native, (f"the images' side ({dataset_side}) is above {backbone}'s native input "
+                        f"size, {native}")
+    if dataset_side < minimum:
+        return minimum, (f"the images' side ({dataset_side}) is below {backbone}'s minimum, "
+                         f"{minimum}")
+    return dataset_side, "the images' own side"

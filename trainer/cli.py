@@ -149,20 +149,27 @@ def predict(model: str, images: tuple[str, ...], top: int, **options: Any) -> No
               show_default=True, help="Folder for metrics.json, confusion.png and errors.png.")
 @click.option("--split", type=click.Choice(["val", "all"]), default="val", show_default=True,
               help="val: the dataset's validation or test split (else VALIDATION_SPLIT of its "
-              "images, as training holds out); all: every image.")
+              "images, as training holds out; a run's own SEED and VALIDATION_SPLIT when MODEL "
+              "is a run); all: every image.")
 @_setting("validation_split")
 @_setting("seed")
 @_setting("dataset_mirror")
+@_setting("bad_images")
 @_setting("work_dir", help="Local folder where an s3:// DATASET is fetched (cached).")
 @_store_options
 def evaluate(model: str, dataset: str, destination: str, split: str, validation_split: float,
-             seed: int, dataset_mirror: str | None, work_dir: str, **options: Any) -> None:
+             seed: int, dataset_mirror: str | None, bad_images: Any, work_dir: str,
+             **options: Any) -> None:
     """Metrics and pictures of MODEL (a run id or an .h5) on DATASET (anything DATASET takes)."""
+    from trainer.data import fetch_dataset
     from trainer.evaluation import evaluate_model  # TensorFlow
 
+    endpoint, style = options["s3_endpoint_url"], options["s3_addressing_style"]
     path = resolve_model(model, _store(options))
-    metrics = evaluate_model(path, dataset, split, Path(destination),
-                             validation_split=validation_split, seed=seed, mirror=dataset_mirror)
+    local = fetch_dataset(dataset, Path(work_dir) / "datasets", endpoint, style)
+    metrics = evaluate_model(path, local, split, Path(destination),
+                             validation_split=validation_split, seed=seed, mirror=dataset_mirror,
+                             bad_images=bad_images)
     click.echo(f"accuracy {metrics['accuracy']:.4f} on {metrics['examples']} images; "
                f"metrics.json, confusion.png and errors.png in {destination}")
 

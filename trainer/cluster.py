@@ -57,6 +57,16 @@ class Cluster:
         return self.address_of(self.task_type, self.index)
 
     @property
+    def task_count(self) -> int:
+        """How many processes train together (1 alone): TensorFlow's input pipelines."""
+        return max(1, len(self.addresses))
+
+    @property
+    def task_position(self) -> int:
+        """This task's place among them, the chief first: its input pipeline's id."""
+        return self.addresses.index(self.address) if self.address in self.addresses else 0
+
+    @property
     def is_multi_worker(self) -> bool:
         return len(self.addresses) > 1
 

@@ -1,29 +1,37 @@
-"""Datasets as arrays or file lists: the keras.datasets built-ins, scikit-learn's digits, an
-.npz in the keras.datasets layout, a folder of class-named sub-folders of images, or a folder of
-TFRecord files (`image`: encoded bytes, `label`: int64).
+"""Datasets as arrays, file lists or TFRecord streams: the keras.datasets built-ins,
+scikit-learn's digits, an .npz in the keras.datasets layout, a folder of class-named
+sub-folders of images (trainer.folders), or a folder of TFRecord files (trainer.tfrecords).
 
-Every failure here is a DataError (exit 3) that names the dataset and what to do.
+    data = load_dataset("/data/flowers", validation_split=0.1, seed=0)
+    data.train, data.val, data.class_names, data.native_size, data.bad_images
+
+No TensorFlow here (see trainer/__init__.py); TFRecords are counted later, by
+trainer.tfrecords.count_records, once the strategy is made. Every failure is a DataError
+(exit 3) that names the dataset and what to do.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from trainer.errors import DataError, TransientError, is_network_outage
+from trainer.folders import IMAGE_SUFFIXES, BadImage, scan_images, typical_side
 from trainer.logs import get_logger
+from trainer.tfrecords import Records, find_records, is_tfrecord_folder
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+__all__ = ["IMAGE_SUFFIXES", "BadImage", "Dataset", "Records", "Split", "load_dataset"]
+
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"]
+BAD_IMAGES_NAMED = 20  # in a log line or an error; config.json lists them all
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,9 @@ class Split:
 
     images: Any
     labels: np.ndarray
-    encoded: bool = False  # images are encoded bytes (from TFRecords), not paths or pixels
+    # (worker, workers) when the split holds only that worker's share of the records (a
+    # TFRecord shard decoded into memory); None when every worker holds all of it.
+    shard: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,22 +53,36 @@ class Split:
 
 
 def pixels(split: Split, indices: Any) -> list[np.ndarray]:
-    """The images at `indices` as uint8 arrays, decoded where the split holds files or bytes
-    (for pictures; training decodes in its tf.data pipeline)."""
+    """The images at `indices` as uint8 arrays, decoded where the split holds files (for
+    pictures; training decodes in its tf.data pipeline). A file that cannot be read shows as
+    gray."""
     if split.in_memory:
         return [split.images[i] for i in indices]
-    sources = [io.BytesIO(split.images[i]) if split.encoded else split.images[i]
-               for i in indices]
-    return [np.asarray(Image.open(source).convert("RGB")) for source in sources]
+    return [_picture(split.images[i]) for i in indices]
+
+
+def _picture(path: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError):
+        return np.full((8, 8, 3), 128, np.uint8)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    train: Split
-    val: Split
-    class_names: tuple[str, ...]
-    native_size: int
+    train: Split | Records
+    val: Split | Records
+    class_names: tuple[str, ...]  # empty for TFRecords without classes.txt until counted
+    native_size: int  # the images' typical larger side; 0 for TFRecords until counted
     channels: int
+    source: str = ""  # DATASET as given, for messages
+    bad_images: tuple[BadImage, ...] = ()  # left out (BAD_IMAGES=skip)
+
+    @property
+    def streamed(self) -> bool:
+        """TFRecords: read from their files every epoch, never all in memory."""
+        return isinstance(self.train, Records)
 
 
 @dataclass(frozen=True)
@@ -95,8 +119,10 @@ def load_dataset(
     mirror: str | None = None,
     archives: dict[str, tuple[Archive, ...]] | None = None,
     cache_dir: str | None = None,
+    bad_images: Literal["skip", "fail"] = "skip",
 ) -> Dataset:
-    """Load DATASET (a built-in name or a local path) with a validation split."""
+    """Load DATASET (a built-in name or a local path) with a validation split. Broken image
+    files are left out and logged (`bad_images` "skip") or a DataError (`"fail"`)."""
     if name == "digits":
         return _digits(validation_split, seed)
     if name in BUILTIN_ARCHIVES:
@@ -108,10 +134,21 @@ def load_dataset(
         raise DataError(f"DATASET={name} does not exist; give a built-in name (cifar10, "
                         "cifar100, mnist, fashion_mnist, digits), an .npz file or a folder")
     if path.is_dir():
-        if _tfrecord_files(path) or _tfrecord_files(path / "train"):
+        if is_tfrecord_folder(path):
             return _tfrecord_folder(path, validation_split, seed)
-        return _image_folder(path, validation_split, seed)
+        return _image_folder(path, validation_split, seed, bad_images)
     return _npz(path, validation_split, seed)
+
+
+def fetch_dataset(location: str, cache: Path, endpoint_url: str | None,
+                  addressing_style: str) -> str:
+    """An s3:// dataset fetched into `cache` (kept between calls); other locations as given."""
+    if not location.startswith("s3://"):
+        return location
+    from trainer.s3 import download_uri  # boto3 only where S3 is used
+
+    get_logger().info(f"fetching {location}")
+    return str(download_uri(location, cache, endpoint_url, addressing_style))
 
 
 def _fetch(name: str, archive: Archive, mirror: str | None, cache_dir: str | None) -> str:
@@ -200,10 +237,12 @@ def _digits(validation_split: float, seed: int) -> Dataset:
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     train, val = _split("digits", images, bunch.target, validation_split, seed)
-    return Dataset(train, val, tuple(str(i) for i in range(10)), native_size=8, channels=1)
+    return Dataset(train, val, tuple(str(i) for i in range(10)), native_size=8, channels=1,
+                   source="digits")
 
 
 def _npz(path: Path, validation_split: float, seed: int) -> Dataset:
+    source = str(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {key: f[key] for key in f.files}
@@ -214,14 +253,16 @@ def _npz(path: Path, validation_split: float, seed: int) -> Dataset:
         raise DataError(f"DATASET={path} has no x_train and y_train arrays (it has "
                         f"{', '.join(sorted(arrays)) or 'none'}); use the keras.datasets layout")
     names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
+    y_train, width = labels_of(source, "y_train", arrays["y_train"])
     x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
     if x_test is None or y_test is None:
-        _check_pair(str(path), "x_train", arrays["x_train"], arrays["y_train"])
-        train, val = _split(str(path), arrays["x_train"], arrays["y_train"],
-                            validation_split, seed)
-        x_test, y_test = val.images, val.labels
-        arrays["x_train"], arrays["y_train"] = train.images, train.labels
-    return _from_arrays(str(path), arrays["x_train"], arrays["y_train"], x_test, y_test, names)
+        _check_pair(source, "x_train", arrays["x_train"], y_train)
+        train, val = _split(source, arrays["x_train"], y_train, validation_split, seed)
+        return _from_arrays(source, train.images, train.labels, val.images, val.labels, names,
+                            width, ("y_train", "y_train"))
+    y_test, test_width = labels_of(source, "y_test", y_test)
+    return _from_arrays(source, arrays["x_train"], y_train, x_test, y_test, names,
+                        max(width, test_width))
 
 
 def _check_pair(source: str, key: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -236,37 +277,72 @@ def _check_pair(source: str, key: str, images: np.ndarray, labels: np.ndarray) -
 
 
 def _from_arrays(source: str, x_train: Any, y_train: Any, x_val: Any, y_val: Any,
-                 names: list[str] | None) -> Dataset:
-    _check_pair(source, "x_train", x_train, np.asarray(y_train))
-    _check_pair(source, "x_test", x_val, np.asarray(y_val))
-    y_train, y_val = (_labels(source, y) for y in (y_train, y_val))
-    classes = int(max(y_train.max(), y_val.max())) + 1
+                 names: list[str] | None, width: int = 0,
+                 keys: tuple[str, str] = ("y_train", "y_test")) -> Dataset:
+    """`width`: the number of classes one-hot labels encode (0 for class indices)."""
+    y_train, _ = labels_of(source, keys[0], y_train)
+    y_val, _ = labels_of(source, keys[1], y_val)
+    _check_pair(source, "x_train", x_train, y_train)
+    _check_pair(source, "x_test", x_val, y_val)
     if len(np.unique(y_train)) < 2:
         raise DataError(f"DATASET={source} has a single class; a classifier needs two or more")
+    classes = max(width, int(max(y_train.max(), y_val.max())) + 1)
+    if names:
+        for key, labels in zip(keys, (y_train, y_val), strict=True):
+            if labels.max() >= len(names):
+                raise DataError(f"DATASET={source}: {key} holds label {int(labels.max())}, out "
+                                f"of range for the {len(names)} names in class_names; give "
+                                f"labels from 0 to {len(names) - 1}")
     names = names or [str(i) for i in range(classes)]
-    if len(names) < classes:
-        raise DataError(f"DATASET={source}: labels go up to {classes - 1} but only "
-                        f"{len(names)} class names are given")
     x_train, x_val = (_to_uint8(source, x) for x in (x_train, x_val))
     channels = 1 if x_train.ndim == 3 else x_train.shape[-1]
     return Dataset(Split(x_train, y_train), Split(x_val, y_val), tuple(names),
-                   native_size=max(x_train.shape[1:3]), channels=channels)
+                   native_size=max(x_train.shape[1:3]), channels=channels, source=source)
 
 
-def _labels(source: str, labels: Any) -> np.ndarray:
-    labels = np.asarray(labels).reshape(-1)
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise DataError(f"DATASET={source}: labels must be whole numbers from 0; "
-                        f"got {labels.dtype} values")
-    return labels.astype(np.int64)
+def labels_of(source: str, key: str, labels: Any) -> tuple[np.ndarray, int]:
+    """Class indices from `labels`: whole numbers from 0 (N or N x 1), or one-hot or
+    probability rows (N x K) taken by argmax; and K for rows (0 otherwise). Anything else is a
+    DataError naming `key` (y_train or y_test)."""
+    values = np.asarray(labels)
+    if values.dtype == bool:
+        values = values.astype(np.int64)
+    if not np.issubdtype(values.dtype, np.number):
+        raise DataError(f"DATASET={source}: {key} holds {values.dtype} values; give whole "
+                        "numbers from 0, or one-hot rows")
+    if values.size and not np.isfinite(values).all():
+        raise DataError(f"DATASET={source}: {key} holds NaN or infinite labels")
+    if values.ndim == 2 and values.shape[1] > 1:
+        if values.size and values.min() < 0:
+            raise DataError(f"DATASET={source}: {key} holds rows of {values.shape[1]} values "
+                            "with negative ones; give one-hot or probability rows")
+        return values.argmax(axis=1).astype(np.int64), values.shape[1]
+    if values.ndim > 2 or (values.ndim == 2 and values.shape[1] != 1):
+        raise DataError(f"DATASET={source}: {key} has shape {values.shape}; give N labels, "
+                        "or N one-hot rows")
+    values = values.reshape(-1)
+    if not values.size:
+        return values.astype(np.int64), 0
+    if np.issubdtype(values.dtype, np.floating) and (values != np.round(values)).any():
+        example = values[values != np.round(values)][0]
+        raise DataError(f"DATASET={source}: {key} holds non-integer labels (e.g. {example:g}); "
+                        "give whole numbers from 0, or one-hot rows")
+    if values.min() < 0:
+        raise DataError(f"DATASET={source}: {key} holds negative labels (e.g. "
+                        f"{values.min():g}); give whole numbers from 0")
+    return values.astype(np.int64), 0
 
 
 def _to_uint8(source: str, images: np.ndarray) -> np.ndarray:
+    """uint8 as it is; 16-bit scaled (x / 257, so 65535 is 255) unless its values all fit in 8
+    bits; floats in [0, 1] scaled by 255; other numbers rounded and clipped to 0-255."""
     if images.dtype == np.uint8:
         return images
     if not np.issubdtype(images.dtype, np.number) or not np.isfinite(images).all():
         raise DataError(f"DATASET={source}: images must be finite numbers (got {images.dtype})")
-    scale = 255.0 if images.max() <= 1.0 else 1.0
+    if images.dtype == np.uint16 and images.max() > 255:
+        return np.round(images / 257.0).astype(np.uint8)
+    scale = 255.0 if images.max() <= 1.0 and np.issubdtype(images.dtype, np.floating) else 1.0
     return np.clip(np.round(images * scale), 0, 255).astype(np.uint8)
 
 
@@ -285,104 +361,62 @@ def _split(source: str, images: Any, labels: np.ndarray, fraction: float,
             return images[index]
         return [images[i] for i in index]
 
-    encoded = bool(len(images)) and isinstance(images[0], bytes)
-    return (Split(take(train), labels[train], encoded),
-            Split(take(val), labels[val], encoded))
+    return Split(take(train), labels[train]), Split(take(val), labels[val])
 
 
-def _image_folder(root: Path, validation_split: float, seed: int) -> Dataset:
+def _image_folder(root: Path, validation_split: float, seed: int,
+                  policy: Literal["skip", "fail"]) -> Dataset:
     splits = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
     train_root = splits.get("train", root)
     class_names = sorted(p.name for p in train_root.iterdir()
-                         if p.is_dir() and p.name not in ("train", "val", "test"))
+                         if p.is_dir() and p.name not in ("train", "val", "test")
+                         and not p.name.startswith(".") and p.name != "__MACOSX")
     if len(class_names) < 2:
         raise DataError(f"DATASET={root} has {len(class_names)} class folder(s); give a folder "
                         "with one sub-folder of images per class, at least two classes")
-    train = _list_images(train_root, class_names)
+    val_root = splits.get("val", splits.get("test"))
+    scans = [scan_images(folder, class_names) for folder in (train_root, val_root) if folder]
+    bad = [b for scan in scans for b in scan.bad]
+    report_bad_images(str(root), bad, policy)
+    ignored = sum(scan.ignored for scan in scans)
+    if ignored:
+        get_logger().info(f"DATASET={root}: left out {ignored} hidden, AppleDouble (._*) or "
+                          "non-image file(s)", extra={"ignored_files": ignored})
+    train = _listed(root, train_root, scans[0])
     if len(np.unique(train.labels)) < 2:
         raise DataError(f"DATASET={root} has images in only one class folder; a classifier "
                         "needs images of two or more classes")
-    val_root = splits.get("val", splits.get("test"))
     if val_root is not None:
-        val = _list_images(val_root, class_names)
+        val = _listed(root, val_root, scans[1])
     else:
         train, val = _split(str(root), train.images, train.labels, validation_split, seed)
-    return Dataset(train, val, tuple(class_names), native_size=_image_side(train.images[0]),
-                   channels=3)
+    return Dataset(train, val, tuple(class_names), native_size=typical_side(train.images),
+                   channels=3, source=str(root), bad_images=tuple(bad))
 
 
-def _list_images(folder: Path, class_names: list[str]) -> Split:
-    paths, labels = [], []
-    for label, name in enumerate(class_names):
-        for file in sorted((folder / name).rglob("*")) if (folder / name).is_dir() else ():
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(str(file))
-                labels.append(label)
-    if not paths:
-        raise DataError(f"DATASET={folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) in "
-                        "its class folders")
-    return Split(paths, np.asarray(labels, dtype=np.int64))
+def _listed(root: Path, folder: Path, scan: Any) -> Split:
+    if not scan.paths:
+        raise DataError(f"DATASET={root}: {folder} holds no readable images "
+                        f"({', '.join(IMAGE_SUFFIXES)}) in its class folders")
+    return Split(scan.paths, scan.labels)
 
 
-TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
-
-
-def _tfrecord_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in TFRECORD_SUFFIXES)
-
-
-def _read_tfrecords(source: Path, files: list[Path]) -> Split:
-    """Every record's encoded `image` bytes and int64 `label`, read in file order."""
-    import tensorflow as tf
-
-    features = {"image": tf.io.FixedLenFeature([], tf.string),
-                "label": tf.io.FixedLenFeature([], tf.int64)}
-    images, labels = [], []
-    try:
-        for record in tf.data.TFRecordDataset([str(f) for f in files]):
-            example = tf.io.parse_single_example(record, features)
-            images.append(example["image"].numpy())
-            labels.append(int(example["label"]))
-    except (tf.errors.OpError, ValueError) as error:
-        message = str(error).splitlines()[0][:200]
-        raise DataError(f"DATASET={source}: TFRecords unreadable ({message}); give records "
-                        "with an `image` (encoded bytes) and an int64 `label`") from None
-    if not images:
-        raise DataError(f"DATASET={source}: the TFRecord files hold no records")
-    return Split(images, _labels(str(source), labels), encoded=True)
+def report_bad_images(source: str, bad: list[BadImage], policy: str) -> None:
+    """Broken image files: a DataError naming them (BAD_IMAGES=fail), else one log line naming
+    the first BAD_IMAGES_NAMED of them."""
+    if not bad:
+        return
+    named = "; ".join(str(b) for b in bad[:BAD_IMAGES_NAMED])
+    more = f" and {len(bad) - BAD_IMAGES_NAMED} more" if len(bad) > BAD_IMAGES_NAMED else ""
+    if policy == "fail":
+        raise DataError(f"DATASET={source}: {len(bad)} broken image file(s): {named}{more}; "
+                        "remove or replace them, or set BAD_IMAGES=skip to leave them out")
+    get_logger().warning(f"DATASET={source}: left out {len(bad)} broken image file(s): "
+                         f"{named}{more}", extra={"bad_images": len(bad)})
 
 
 def _tfrecord_folder(root: Path, validation_split: float, seed: int) -> Dataset:
-    """TFRecords in the folder (or its train/ and val/ or test/); class names from an optional
-    classes.txt, one per line in label order."""
-    train_files = _tfrecord_files(root / "train") or _tfrecord_files(root)
-    train = _read_tfrecords(root, train_files)
-    val_files = _tfrecord_files(root / "val") or _tfrecord_files(root / "test")
-    if val_files:
-        val = _read_tfrecords(root, val_files)
-    else:
-        train, val = _split(str(root), train.images, train.labels, validation_split, seed)
-    if len(np.unique(train.labels)) < 2:
-        raise DataError(f"DATASET={root} has a single class; a classifier needs two or more")
-    classes = int(max(train.labels.max(), val.labels.max())) + 1
-    names_file = root / "classes.txt"
-    names = (names_file.read_text().split("\n") if names_file.is_file() else [])
-    names = [n.strip() for n in names if n.strip()] or [str(i) for i in range(classes)]
-    if len(names) < classes:
-        raise DataError(f"DATASET={root}: labels go up to {classes - 1} but classes.txt names "
-                        f"{len(names)} classes")
-    return Dataset(train, val, tuple(names), native_size=_image_side(train.images[0]),
-                   channels=3)
-
-
-def _image_side(path: str | bytes) -> int:
-    source = io.BytesIO(path) if isinstance(path, bytes) else path
-    try:
-        with Image.open(source) as image:
-            return max(image.size)
-    except (OSError, UnidentifiedImageError) as error:
-        where = "a TFRecord image" if isinstance(path, bytes) else path
-        raise DataError(f"DATASET: {where} is not a readable image ({error}); remove or "
-                        "replace it") from error
+    """TFRecords in the folder (or its train/ and val/ or test/), counted later (see
+    trainer.tfrecords)."""
+    train, val, names = find_records(root, validation_split, seed)
+    return Dataset(train, val, names, native_size=0, channels=3, source=str(root))

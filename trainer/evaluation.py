@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
@@ -17,23 +18,48 @@ import tensorflow as tf
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from trainer.artifacts import read_model_metadata
-from trainer.data import Split, load_dataset, pixels
+from trainer.data import Dataset, Split, load_dataset
 from trainer.errors import DataError
 from trainer.files import write_atomic
+from trainer.logs import get_logger
 from trainer.model import preprocess_function
-from trainer.pipeline import batch_preprocessor, evaluation_input
+from trainer.pipeline import (
+    apply_bad_images_policy,
+    batch_preprocessor,
+    evaluation_input,
+    take_decode_failures,
+)
 from trainer.plots import save_confusion, save_errors
+from trainer.tfrecords import Records, count_records
 
 ERRORS_SHOWN = 32
 
 
-def predict_split(model: keras.Model, split: Split, image_size: int, preprocess: Callable,
-                  batch_size: int = 64) -> np.ndarray:
-    """Class probabilities for every image of `split`, in order."""
-    dataset = evaluation_input(split, image_size, preprocess, batch_size)(
+@dataclass(frozen=True)
+class Predictions:
+    probabilities: np.ndarray  # examples x classes
+    labels: np.ndarray  # each from the pipeline with its image, never paired by position
+    errors: list[tuple[np.ndarray, int, int]]  # the first wrong ones: (image, label, predicted)
+
+
+def predict_split(model: keras.Model, split: Split | Records, image_size: int,
+                  preprocess: Callable, batch_size: int = 64) -> Predictions:
+    """Class probabilities of every image of `split` that decodes, with its label."""
+    pipeline = evaluation_input(split, image_size, lambda images: images, batch_size)(
         tf.distribute.InputContext())
-    batches = [model(images, training=False).numpy() for images, _, _ in dataset]
-    return np.concatenate(batches)[: len(split)].astype(np.float64)
+    probabilities, labels = [], []
+    errors: list[tuple[np.ndarray, int, int]] = []
+    for images, batch_labels, weights in pipeline:
+        real = weights.numpy() > 0
+        batch = model(preprocess(images), training=False).numpy()[real].astype(np.float64)
+        truth = batch_labels.numpy()[real]
+        probabilities.append(batch)
+        labels.append(truth)
+        if len(errors) < ERRORS_SHOWN:
+            predicted = batch.argmax(axis=1)
+            for i in np.flatnonzero(predicted != truth)[:ERRORS_SHOWN - len(errors)]:
+                errors.append((images.numpy()[real][i], int(truth[i]), int(predicted[i])))
+    return Predictions(np.concatenate(probabilities), np.concatenate(labels), errors)
 
 
 def compute_metrics(labels: np.ndarray, probabilities: np.ndarray,
@@ -63,43 +89,77 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray,
     return result
 
 
-def evaluate(model: keras.Model, split: Split, image_size: int, preprocess: Callable,
-             class_names: list[str], folder: Path, source: str) -> dict[str, Any]:
+def evaluate(model: keras.Model, split: Split | Records, image_size: int,
+             preprocess: Callable, class_names: list[str], folder: Path,
+             source: str) -> dict[str, Any]:
     """Write metrics.json, confusion.png and errors.png for `model` on `split` into `folder`."""
-    probabilities = predict_split(model, split, image_size, preprocess)
-    metrics = {"evaluated_on": source, **compute_metrics(split.labels, probabilities,
+    predictions = predict_split(model, split, image_size, preprocess)
+    metrics = {"evaluated_on": source, **compute_metrics(predictions.labels,
+                                                         predictions.probabilities,
                                                          class_names)}
     write_atomic(folder / "metrics.json", json.dumps(metrics, indent=2).encode())
     save_confusion(np.array(metrics["confusion_matrix"]), class_names, folder / "confusion.png")
-    predicted = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != split.labels)[:ERRORS_SHOWN]
-    save_errors(pixels(split, wrong), [class_names[split.labels[i]] for i in wrong],
-                [class_names[predicted[i]] for i in wrong], folder / "errors.png")
+    errors = predictions.errors
+    save_errors([image for image, _, _ in errors], [class_names[label] for _, label, _ in errors],
+                [class_names[guess] for _, _, guess in errors], folder / "errors.png")
     return metrics
 
 
+def run_settings(model_path: Path) -> dict[str, Any]:
+    """The settings of the run a model comes from: its config.json beside it (a run id is
+    fetched with it), else none."""
+    config = model_path.with_name("config.json")
+    if not config.is_file():
+        return {}
+    try:
+        settings = json.loads(config.read_text()).get("settings", {})
+    except (ValueError, AttributeError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
 def evaluate_model(model_path: Path, dataset: str, split: str, destination: Path, *,
-                   validation_split: float, seed: int, mirror: str | None) -> dict[str, Any]:
+                   validation_split: float, seed: int, mirror: str | None,
+                   bad_images: Literal["skip", "fail"] = "skip") -> dict[str, Any]:
     """`trainer evaluate`: the model's own size, preprocessing and class names, on `dataset`
-    (its held-out split, or every image with `split` "all")."""
+    (a local path; its held-out split, or every image with `split` "all"). The held-out split
+    is the run's own when the model's config.json is beside it: its SEED and
+    VALIDATION_SPLIT, not the ones given."""
     metadata = read_model_metadata(model_path)
     model = keras.models.load_model(model_path, compile=False)
     size = int(model.input_shape[1])
     names = metadata.get("class_names") or [str(i) for i in range(model.output_shape[-1])]
-    data = load_dataset(dataset, validation_split=validation_split, seed=seed, mirror=mirror)
+    run = run_settings(model_path)
+    if run:
+        seed = int(run.get("seed", seed))
+        validation_split = float(run.get("validation_split", validation_split))
+        get_logger().info("the run's own split: SEED and VALIDATION_SPLIT from its config.json",
+                          extra={"seed": seed, "validation_split": validation_split})
+    data = count_records(load_dataset(dataset, validation_split=validation_split, seed=seed,
+                                      mirror=mirror, bad_images=bad_images))
     if len(data.class_names) != len(names):
         raise DataError(f"DATASET {dataset} has {len(data.class_names)} classes but the "
                         f"model has {len(names)}; evaluate on a dataset of the same classes")
-    chosen = data.val
-    if split == "all":
-        images = (np.concatenate([data.train.images, data.val.images]) if data.train.in_memory
-                  else [*data.train.images, *data.val.images])
-        chosen = Split(images, np.concatenate([data.train.labels, data.val.labels]),
-                       data.train.encoded)
+    chosen = every_example(data) if split == "all" else data.val
     backbone = metadata.get("backbone")
     preprocess = batch_preprocessor(size, preprocess_function(backbone) if backbone
                                     else lambda batch: batch)
     destination.mkdir(parents=True, exist_ok=True)
     which = "every image" if split == "all" else "held out"
-    return evaluate(model, chosen, size, preprocess, list(names), destination,
-                    source=f"{dataset} ({which})")
+    metrics = evaluate(model, chosen, size, preprocess, list(names), destination,
+                       source=f"{dataset} ({which})")
+    apply_bad_images_policy(take_decode_failures(), bad_images)
+    return metrics
+
+
+def every_example(data: Dataset) -> Split | Records:
+    """The training and validation splits as one."""
+    train, val = data.train, data.val
+    if isinstance(train, Records) and isinstance(val, Records):
+        files = train.files if val.holdout is not None else train.files + val.files
+        return replace(train, files=files, holdout=None, count=len(train) + len(val),
+                       shard_counts=(len(train) + len(val),))
+    assert isinstance(train, Split) and isinstance(val, Split)
+    images = (np.concatenate([train.images, val.images]) if train.in_memory
+              else [*train.images, *val.images])
+    return Split(images, np.concatenate([train.labels, val.labels]))

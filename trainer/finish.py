@@ -11,9 +11,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer.data import Dataset, pixels
+from trainer.data import Dataset
 from trainer.evaluation import evaluate
 from trainer.export import export_model
+from trainer.pipeline import first_images
 from trainer.settings import Settings
 
 REFERENCE_IMAGES = 64
@@ -31,14 +32,13 @@ def evaluator(dataset: Dataset, image_size: int, preprocess: Callable[[tf.Tensor
     return evaluate_best
 
 
-def exporter(settings: Settings, dataset: Dataset
+def exporter(settings: Settings, dataset: Dataset, image_size: int
              ) -> Callable[[Path, Path], dict[str, dict[str, Any]]]:
     """EXPORT's formats of the saved best.h5, each checked on validation images."""
 
     def export_best(model_path: Path, folder: Path) -> dict[str, dict[str, Any]]:
-        val = dataset.val
+        reference = first_images(dataset.val, image_size, REFERENCE_IMAGES)
         return export_model(model_path, folder, settings.export_formats,
-                            reference_images=pixels(val, range(min(REFERENCE_IMAGES, len(val)))),
-                            name=settings.run_id)
+                            reference_images=reference.images, name=settings.run_id)
 
     return export_best

@@ -163,7 +163,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_size", "BATCH_SIZE", "Batch size per replica; the global batch is this times "
            "the replicas.", _integer(1, 65536)),
     Option("image_size", "IMAGE_SIZE", "Side N of the N x N input; default: the dataset's own, "
-           "raised to the backbone's minimum.", _integer(1, 2048)),
+           "raised to the backbone's minimum and capped at its native input size (224 for "
+           "most; 299 Xception and Inception; the EfficientNet sizes).", _integer(1, 2048)),
     Option("weights", "WEIGHTS", "imagenet, none, or a local path or s3:// URI of a weights file.",
            _weights),
     Option("learning_rate", "LEARNING_RATE", "Adam learning rate (> 0).",
@@ -236,4 +237,7 @@ OPTIONS: tuple[Option, ...] = (
            "after SIGTERM (the manifests set it to terminationGracePeriodSeconds): the job "
            "saves its state and uploads it within it, 5 s to spare.",
            _number(5.0, None, low_inclusive=False)),
+    Option("bad_images", "BAD_IMAGES", "skip or fail: what to do with image files that are "
+           "empty, truncated or no image (skip leaves them out, counts them and names them in "
+           "the log and config.json; fail exits 3 naming them).", _choice("skip", "fail")),
 )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from trainer.artifacts import EVALUATION_FILES, HistoryRow, RunArtifacts
-from trainer.data import Dataset, pixels
+from trainer.data import Dataset, Split, pixels
 from trainer.errors import TrainerError
 from trainer.files import sha256_of, write_atomic
 from trainer.logs import get_logger
@@ -85,6 +85,7 @@ class ChiefOutputs:
     def start(self, config: dict[str, Any], dataset: Dataset) -> None:
         self.artifacts.write_json("config.json", config)
         split = dataset.train
+        assert isinstance(split, Split), "TFRecords: pass trainer.pipeline.preview(dataset)"
         chosen = np.random.default_rng(0).permutation(len(split))[:SAMPLES_SHOWN]
         names = [dataset.class_names[split.labels[i]] for i in chosen]
         save_samples(pixels(split, chosen), names, self.artifacts.path("samples.png"))

@@ -21,7 +21,7 @@ import numpy
 import tensorflow as tf
 
 from trainer.artifacts import HistoryRow
-from trainer.backbones import MIN_IMAGE_SIZE
+from trainer.backbones import default_image_size
 from trainer.cluster import Cluster
 from trainer.control import (
     StopRequest,
@@ -30,7 +30,7 @@ from trainer.control import (
     peer_loss_is_transient,
     stop_on_sigterm,
 )
-from trainer.data import Dataset
+from trainer.data import Dataset, Split
 from trainer.distribution import make_strategy, resolve_precision, resolve_xla
 from trainer.errors import ConfigError, StorageError, Terminated, UploadsUnfinished
 from trainer.finish import evaluator, exporter
@@ -46,11 +46,15 @@ from trainer.outputs import (
     state_place,
 )
 from trainer.pipeline import (
+    apply_bad_images_policy,
     batch_preprocessor,
-    cache_decoded,
+    cache_dataset,
     evaluation_input,
+    evaluation_steps,
+    fit_batch,
     memory_budget,
-    padded_length,
+    preview,
+    take_decode_failures,
     training_input,
 )
 from trainer.progress import Plan, TrainerStatusReporter
@@ -60,6 +64,7 @@ from trainer.scalars import ScalarLog
 from trainer.settings import Settings
 from trainer.state import LoopState, fingerprint_of, restore_state
 from trainer.storage import Store
+from trainer.tfrecords import count_records
 from trainer.tracking import Tracker
 
 
@@ -88,13 +93,18 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     # 2. After the strategy: MultiWorkerMirroredStrategy installs a SIGTERM handler of its own.
     stop = stop_on_sigterm(settings.termination_grace_seconds)
     replicas = strategy.num_replicas_in_sync
-    global_batch = settings.batch_size * replicas
-    image_size = settings.image_size or max(dataset.native_size, MIN_IMAGE_SIZE[settings.backbone])
-    steps = len(dataset.train) // global_batch
-    if steps == 0:
-        raise ConfigError(
-            f"BATCH_SIZE={settings.batch_size} x {replicas} replica(s) is more than the "
-            f"{len(dataset.train)} training images; lower BATCH_SIZE")
+    # Data (trainer/pipeline.py, trainer/tfrecords.py): TFRecords are counted now that the
+    # strategy exists (a collective: every worker's share), then the image size and batch.
+    worker, workers = cluster.task_position, cluster.task_count
+    dataset = count_records(dataset, strategy, worker, workers)
+    image_size, size_reason = _image_size(settings, dataset)
+    batch_size, steps = fit_batch(settings.batch_size, replicas, len(dataset.train))
+    if batch_size != settings.batch_size:
+        log.info(f"BATCH_SIZE={settings.batch_size} x {replicas} replica(s) is more than the "
+                 f"{len(dataset.train)} training images: {batch_size} per replica instead",
+                 extra={"run_id": settings.run_id, "batch_size": batch_size})
+        settings = dataclasses.replace(settings, batch_size=batch_size)
+    global_batch = batch_size * replicas
     if settings.precision == "float16" and replicas > 1:
         # Keras' LossScaleOptimizer checks each replica's gradients before the all-reduce and
         # follows replica 0: an overflow elsewhere would be applied, and workers could diverge.
@@ -126,12 +136,13 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
                                       "global_batch_size": global_batch, **recipe})
 
     # 5. Inputs: image files decoded once, not every epoch, where they fit in memory.
-    budget = memory_budget()
-    cached = dataclasses.replace(dataset, train=cache_decoded(dataset.train, image_size, budget),
-                                 val=cache_decoded(dataset.val, image_size, budget))
-    if cached.train.in_memory and not dataset.train.in_memory:
+    cached = cache_dataset(dataset, image_size, memory_budget(), worker, workers)
+    if cached.train is not dataset.train:
         log.info("decoded images kept in memory", extra={
             "run_id": settings.run_id, "images": len(cached.train) + len(cached.val)})
+    bad_images = [str(bad) for bad in dataset.bad_images] + [
+        f"{name} (failed to decode)" for name in apply_bad_images_policy(
+            take_decode_failures(), settings.bad_images, settings.run_id)]
     preprocess = batch_preprocessor(image_size, preprocess_function(settings.backbone))
 
     # 6. Outputs: the chief writes them, in their order (trainer/outputs.py).
@@ -140,12 +151,14 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
                 "preprocessing": preprocessing_name(settings.backbone)}
     fingerprint = fingerprint_of(settings, image_size, len(dataset.class_names), global_batch)
     outputs = _outputs(settings, store, cluster, metadata, fingerprint)
-    outputs.start(run_config(settings, {**metadata, **recipe}, replicas, cached, _versions()),
-                  cached)
-    evaluation_steps = padded_length(len(cached.val), global_batch) // global_batch
+    data_report = {"image_size_choice": size_reason, "bad_images": bad_images}
+    # Every worker's examples: TFRecords kept in memory are this worker's share only.
+    whole = dataset if isinstance(cached.train, Split) and cached.train.shard else cached
+    outputs.start(run_config(settings, {**metadata, **recipe, **data_report}, replicas, whole,
+                             _versions()), preview(cached, image_size, worker, workers))
     reporter = TrainerStatusReporter.from_environ(environ) if cluster.is_chief else None
-    progress = RunProgress(Plan(settings.total_epochs, steps, evaluation_steps), reporter,
-                           settings.run_id)
+    plan = Plan(settings.total_epochs, steps, evaluation_steps(cached.val, global_batch, workers))
+    progress = RunProgress(plan, reporter, settings.run_id)
     run = Run(settings, cluster, loop, checkpoint, cached, image_size, preprocess, steps,
               outputs, stop, progress)
 
@@ -167,7 +180,7 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
         with peer_loss_is_transient(cluster), out_of_memory_is_a_setting(settings, image_size):
             state = _epochs(run, state)
         where = outputs.finish(state, evaluator(cached, image_size, preprocess),
-                               exporter(settings, cached), stop)
+                               exporter(settings, cached, image_size), stop)
         progress.close()
     except (Terminated, StorageError, UploadsUnfinished):
         raise  # the uploads ended the run, or had their time already
@@ -191,7 +204,7 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
     global_batch = loop.global_batch
     evaluation_fn = evaluation_input(run.dataset.val, run.image_size, run.preprocess,
                                      global_batch)
-    evaluation_steps = run.progress.plan.evaluation_steps
+    eval_steps = run.progress.plan.evaluation_steps
     stop_requested = _stop_requested(run)
     phase = None
     first_epoch = state.epoch + 1
@@ -218,7 +231,9 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
             state = state.mid_epoch(metrics.steps_done, metrics.totals)
             raise _save_and_stop(run, state, f"epoch {epoch}, step {metrics.steps_done}")
         val_loss, val_accuracy = (math.nan, math.nan) if metrics.diverged else loop.evaluate(
-            evaluation_fn, evaluation_steps)
+            evaluation_fn, eval_steps)
+        # Images that failed to decode only now (those found at the start are left out).
+        apply_bad_images_policy(take_decode_failures(), settings.bad_images, settings.run_id)
         totals = metrics.totals
         row: HistoryRow = {
             "epoch": epoch, "loss": totals.loss, "accuracy": totals.accuracy,
@@ -254,6 +269,16 @@ def _stop_requested(run: Run) -> Callable[[], bool]:
     if not run.cluster.is_multi_worker:
         return run.stop.is_set
     return lambda: run.loop.any_worker(run.stop.is_set())
+
+
+def _image_size(settings: Settings, dataset: Dataset) -> tuple[int, str]:
+    """IMAGE_SIZE, or the default for the dataset and backbone, logged with the reason."""
+    if settings.image_size:
+        return settings.image_size, "IMAGE_SIZE"
+    size, reason = default_image_size(dataset.native_size, settings.backbone)
+    get_logger().info(f"IMAGE_SIZE={size}: {reason}", extra={
+        "run_id": settings.run_id, "image_size": size, "image_size_reason": reason})
+    return size, reason
 
 
 def weights_digest(model: keras.Model) -> str:
