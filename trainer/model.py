@@ -5,6 +5,7 @@ preprocessing.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from collections.abc import Callable
@@ -136,3 +137,11 @@ def _load_weights_file(model: keras.Model, base: keras.Model, path: str) -> None
         f"WEIGHTS={path} does not fit the {model.name} backbone or model ({errors[0]}); "
         "give a weights file saved from the same BACKBONE, or WEIGHTS=imagenet or none"
     )
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 over every variable (BatchNormalization statistics too): equal on every worker."""
+    digest = hashlib.sha256()
+    for variable in model.variables:
+        digest.update(variable.numpy().tobytes())
+    return digest.hexdigest()

@@ -293,3 +293,7 @@ def _is_number(value: Any) -> bool:
 def _param_text(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
+
+def image_tag(environ: Mapping[str, str]) -> dict[str, str]:
+    """The image's name as a tag, where the manifests or the user set IMAGE."""
+    return {"image": environ["IMAGE"]} if environ.get("IMAGE") else {}

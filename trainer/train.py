@@ -9,7 +9,6 @@ This module imports TensorFlow; trainer.job, which decides whether to train at a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import platform
 from collections.abc import Callable
@@ -36,7 +35,12 @@ from trainer.errors import ConfigError, StorageError, Terminated, UploadsUnfinis
 from trainer.finish import evaluator, exporter
 from trainer.logs import get_logger
 from trainer.loop import Loop
-from trainer.model import build_classifier, preprocess_function, preprocessing_name
+from trainer.model import (
+    build_classifier,
+    preprocess_function,
+    preprocessing_name,
+    weights_digest,
+)
 from trainer.outputs import (
     ChiefOutputs,
     Outputs,
@@ -65,7 +69,7 @@ from trainer.settings import Settings
 from trainer.state import LoopState, fingerprint_of, restore_state
 from trainer.storage import Store
 from trainer.tfrecords import count_records
-from trainer.tracking import Tracker
+from trainer.tracking import Tracker, image_tag
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,7 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
         state = outputs.resumed(state, model)
     if cluster.is_chief:
         outputs.track(Tracker.open(environ, settings.run_id, state.tracking_run_id,
-                                   params=settings.public_dict(), tags=_tags(environ)), state)
+                                   params=settings.public_dict(), tags=image_tag(environ)), state)
 
     try:
         # 8. Epochs, then 9. the finish: evaluation, report, manifest.
@@ -281,14 +285,6 @@ def _image_size(settings: Settings, dataset: Dataset) -> tuple[int, str]:
     return size, reason
 
 
-def weights_digest(model: keras.Model) -> str:
-    """sha256 over every variable (BatchNormalization statistics too): equal on every worker."""
-    digest = hashlib.sha256()
-    for variable in model.variables:
-        digest.update(variable.numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _outputs(settings: Settings, store: Store, cluster: Cluster, metadata: dict[str, Any],
              fingerprint: dict[str, Any]) -> Outputs:
     if not cluster.is_chief:
@@ -296,11 +292,6 @@ def _outputs(settings: Settings, store: Store, cluster: Cluster, metadata: dict[
     artifacts, state_files = run_files(settings, store)
     scalars = ScalarLog(artifacts, settings.tensorboard_dir)
     return ChiefOutputs(artifacts, state_files, settings, metadata, fingerprint, scalars)
-
-
-def _tags(environ: dict[str, str]) -> dict[str, str]:
-    """MLflow tags beside the run id: the image, where the manifests or the user name it."""
-    return {"image": environ["IMAGE"]} if environ.get("IMAGE") else {}
 
 
 def _versions() -> dict[str, str]:
