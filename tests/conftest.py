@@ -60,6 +60,22 @@ def run_entrypoint(env: dict[str, str], *args: str, timeout: float = 600,
                           capture_output=True, text=True, timeout=timeout)
 
 
+# A tool a test needs (kubectl, chromium, hadolint, kubernetes-validate, buildah) that is not on
+# the machine skips the test on a developer's machine; under CI=true (.ci/run) it fails it, so
+# that a green CI never hides a check that did not run.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unless_ci(missing: bool, reason: str) -> pytest.MarkDecorator:
+    """skipif(`missing`) on a developer's machine; under CI=true the test runs, and fails."""
+    return pytest.mark.skipif(missing and not IN_CI, reason=f"{reason} (CI=true fails instead)")
+
+
+def missing_tool(reason: str) -> None:
+    """Inside a test: skip, or under CI=true fail, naming what is missing."""
+    (pytest.fail if IN_CI else pytest.skip)(reason)
+
+
 # Processes a test started; whatever is still running when it ends (it failed) is killed, so that
 # no TensorFlow is left eating the cores of the tests after it.
 STARTED: list[subprocess.Popen] = []

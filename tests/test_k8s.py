@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (the dev extra has it)")
+import yaml
+from conftest import missing_tool, unless_ci
 
 # No TensorFlow in these.
-from trainer.cluster import resolve_cluster, tf_config_from_indexed_job  # noqa: E402
-from trainer.settings import load_settings  # noqa: E402
+from trainer.cluster import resolve_cluster, tf_config_from_indexed_job
+from trainer.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -81,8 +81,8 @@ ANCESTOR_CONTAINERS = {"trainer": "node", "dataset-initializer": "dataset-initia
 INITIALIZER_VOLUME = "initializer"
 DATASET_MOUNT_PATH, MODEL_MOUNT_PATH = "/workspace/dataset", "/workspace/model"
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
-                                reason="kubectl (with kustomize) is not installed")
+pytestmark = unless_ci(shutil.which("kubectl") is None,
+                       "kubectl (with kustomize) is not installed")
 
 
 def dockerfile_env(name: str) -> str:
@@ -205,7 +205,7 @@ def validate(objects: list[dict[str, Any]], folder: Path) -> None:
     validator = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
     validator = validator or shutil.which("kubernetes-validate")
     if validator is None:
-        pytest.skip("kubernetes-validate is not installed (the dev extra has it)")
+        missing_tool("kubernetes-validate is not installed (the dev extra has it)")
     from kubernetes_validate.utils import all_versions
 
     bundled = {version.rsplit(".", 1)[0]: version for version in all_versions()}
@@ -228,8 +228,7 @@ def validate(objects: list[dict[str, Any]], folder: Path) -> None:
 
 def check_api_types(obj: dict[str, Any]) -> None:
     """A custom resource as its API's typed models read it: every field known, of its type."""
-    models = pytest.importorskip(
-        "kubeflow_trainer_api.models", reason="kubeflow-trainer-api is not installed (dev extra)")
+    from kubeflow_trainer_api import models  # the dev extra's typed API models
     model = {"JobSet": models.JobsetV1alpha2JobSet,
              "TrainJob": models.TrainerV1alpha1TrainJob,
              "ClusterTrainingRuntime": models.TrainerV1alpha1ClusterTrainingRuntime}[obj["kind"]]
@@ -720,7 +719,7 @@ def test_kueue_component_labels_the_workload(overlay: str, tmp_path: Path) -> No
     assert work.metadata["labels"]["kueue.x-k8s.io/queue-name"]
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@unless_ci(shutil.which("make") is None, "make is not installed")
 def test_make_k8s_render_passes_the_run_the_image_and_the_priority() -> None:
     result = subprocess.run(
         ["make", "-s", "--no-print-directory", "k8s-render", "OVERLAY=multi-node",
@@ -735,7 +734,7 @@ def test_make_k8s_render_passes_the_run_the_image_and_the_priority() -> None:
     assert pod_spec(objects)["subdomain"] == the_one(objects, "Service")["metadata"]["name"]
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@unless_ci(shutil.which("make") is None, "make is not installed")
 @pytest.mark.parametrize(("overlay", "selector"), [
     ("multi-node", f"{JOB_NAME_LABEL}=run-9"), ("jobset", f"{JOBSET_NAME_LABEL}=run-9"),
     ("trainjob", f"{JOBSET_NAME_LABEL}=run-9")])

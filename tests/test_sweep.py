@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import clean_environ
+from conftest import clean_environ, unless_ci
 
 from trainer.cluster import tf_config_from_indexed_job
 from trainer.errors import ConfigError
@@ -118,8 +118,7 @@ def test_sweep_environ_refuses_what_cannot_be_a_sweep_pod(grid_file: Path, extra
 
 # --- the Kubernetes overlay --------------------------------------------------------------
 
-kubectl = pytest.mark.skipif(shutil.which("kubectl") is None,
-                             reason="kubectl (with kustomize) is not installed")
+kubectl = unless_ci(shutil.which("kubectl") is None, "kubectl (with kustomize) is not installed")
 
 
 def _overlay(**settings: str) -> list[dict]:
@@ -311,7 +310,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed")
+@unless_ci(_chromium() is None, "Debian's chromium is not installed (.ci/run installs it)")
 def test_the_sweep_page_in_headless_chromium(swept: dict, tmp_path: Path) -> None:
     result = trainer("report", "--sweep", "lr", "--artifact-uri", str(swept["root"]),
                      env=swept["env"])
