@@ -83,8 +83,10 @@ user=$(bah inspect --type image --format '{{.OCIv1.Config.User}}' "$IMAGE")
 container=$(bah from --pull=never "$IMAGE")
 
 bah run --isolation chroot --env TF_CPP_MIN_LOG_LEVEL=2 "$container" -- python -c \
-  "import os, trainer.cli, tensorflow as tf; assert os.getuid() != 0, 'runs as root'; \
-print('container-test: imports as uid', os.getuid(), 'TensorFlow', tf.__version__)"
+  "import os, trainer.cli, tensorflow as tf, onnxruntime, tf2onnx, ai_edge_litert, mlflow; \
+assert os.getuid() != 0, 'runs as root'; \
+print('container-test: imports as uid', os.getuid(), 'TensorFlow', tf.__version__, \
+      'with the export runtimes and MLflow')"
 if [[ "$BUILD_ONLY" == 1 ]]; then
   say "built in $((built - based)) s (base $((based - started)) s); training not run (--build-only)"
   exit 0
@@ -118,7 +120,7 @@ bah run --isolation chroot \
   --env ARTIFACT_URI=s3://container-test/runs --env S3_ENDPOINT_URL="http://127.0.0.1:$port" \
   --env S3_ADDRESSING_STYLE=path --env AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
   --env AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" --env AWS_DEFAULT_REGION="$AWS_DEFAULT_REGION" \
-  --env LOG_FORMAT=json \
+  --env LOG_FORMAT=json --env EXPORT=savedmodel,onnx,litert \
   "$container" -- python /app/entrypoint.py || status=$?
 ran=$(date +%s)
 [[ "$status" == 0 ]] || { say "FAILED: the entrypoint exited $status"; exit 1; }
@@ -130,11 +132,15 @@ def get(name):
     return s3.get_object(Bucket="container-test", Key=f"runs/container-test/{name}")["Body"].read()
 manifest = json.loads(get("manifest.json"))
 assert manifest["status"] == "finished", manifest
-for name in ("best.h5", "config.json", "history.json", "metrics.json", "report.html"):
+for name in ("best.h5", "config.json", "history.json", "metrics.json", "report.html",
+             "export/savedmodel/1/saved_model.pb", "export/onnx/model.onnx",
+             "export/litert/model.tflite"):
     assert hashlib.sha256(get(name)).hexdigest() == manifest["artifacts"][name]["sha256"], name
+for kind, result in manifest["exports"].items():
+    assert result["status"] == "ok" and result["max_abs_difference"] <= 1e-3, (kind, result)
 history = json.loads(get("history.json"))
-print(f"container-test: best.h5, config.json, history.json, metrics.json, report.html and "
-      f"manifest.json verified in s3://container-test/runs/container-test ({len(history)} epoch(s), best {manifest.get('best_value')})")
+print(f"container-test: best.h5, config.json, history.json, metrics.json, report.html, the "
+      f"SavedModel, ONNX and LiteRT exports (parity ok) and manifest.json verified in s3://container-test/runs/container-test ({len(history)} epoch(s), best {manifest.get('best_value')})")
 PY
 say "passed: base $((based - started)) s, build $((built - based)) s, run $((ran - built)) s, \
 total $(($(date +%s) - started)) s"
