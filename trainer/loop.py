@@ -44,6 +44,14 @@ class Loop:
         self.label_smoothing = label_smoothing
         self.xla = xla
         self._sum_flags = tf.function(self._flags_sum)
+        # Moving statistics that each replica keeps for itself (BatchNormalization layers not
+        # synchronized): averaged across replicas before each evaluation and save.
+        self._own_statistics = [
+            variable for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+            for variable in (layer.moving_mean, layer.moving_variance)
+        ] if strategy.num_replicas_in_sync > 1 else []
+        self._average = tf.function(self._average_statistics)
         self.retrace()
 
     def retrace(self) -> None:
@@ -139,6 +147,21 @@ class Loop:
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
         loss_sum, correct, count = (float(v) for v in self._evaluate(iterator, tf.constant(steps)))
         return loss_sum / max(count, 1.0), correct / max(count, 1.0)
+
+    def average_batch_norm(self) -> None:
+        """Every replica's moving mean and variance set to their mean over the replicas (a
+        collective: every worker calls it at the same point), so that the model evaluated and
+        saved is the same whichever replica it is read from."""
+        if self._own_statistics:
+            self._average()
+
+    def _average_statistics(self) -> None:
+        def average() -> None:
+            context = tf.distribute.get_replica_context()
+            for variable in self._own_statistics:
+                variable.assign(context.all_reduce(tf.distribute.ReduceOp.MEAN, variable))
+
+        self.strategy.run(average)
 
     def any_worker(self, flag: bool) -> bool:
         """Whether `flag` is set on any worker. Every worker calls this at the same point, so

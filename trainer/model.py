@@ -30,7 +30,8 @@ def preprocessing_name(backbone: str) -> str:
 
 
 def build_classifier(backbone: str, pooling: str, image_size: int, num_classes: int,
-                     weights: str | None, environ: dict[str, str]) -> keras.Model:
+                     weights: str | None, environ: dict[str, str],
+                     synchronized: bool = True) -> keras.Model:
     """`build_model` with the job's errors: settings that keras.applications refuses are exit 2;
     ImageNet weights that cannot be downloaded, or a weights file that is missing or does not
     fit, exit 3."""
@@ -40,7 +41,7 @@ def build_classifier(backbone: str, pooling: str, image_size: int, num_classes: 
         raise DataError(f"WEIGHTS={weights} does not exist; give the path of a weights file, "
                         "WEIGHTS=imagenet or WEIGHTS=none")
     try:
-        return build_model(backbone, pooling, image_size, num_classes, weights)
+        return build_model(backbone, pooling, image_size, num_classes, weights, synchronized)
     except ValueError as error:
         raise ConfigError(f"BACKBONE={backbone} cannot be built with these settings: "
                           f"{str(error).splitlines()[0]}") from error
@@ -65,8 +66,11 @@ def build_model(
     image_size: int,
     num_classes: int,
     weights: str | None,
+    synchronized: bool = True,
 ) -> keras.Model:
-    """include_top=False backbone, global `pooling`, then a Dense softmax head (float32 output).
+    """include_top=False backbone, global `pooling`, then a Dense softmax head (float32 output);
+    its BatchNormalization layers `synchronized` across replicas (trainer.loop averages the
+    moving statistics of unsynchronized ones).
 
     `weights` is "imagenet", None, or a local path to a weights file of the whole model or of
     the backbone alone; either way only the backbone's weights are used, the head starts fresh.
@@ -76,7 +80,9 @@ def build_model(
     base_weights = "imagenet" if weights == "imagenet" else None
     base = constructor(include_top=False, weights=base_weights, input_tensor=inputs,
                        pooling=pooling)
-    _synchronize_batch_norm(base)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = synchronized
     head = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                               name="predictions")
     outputs = head(base.output)
@@ -102,15 +108,6 @@ def link_baked_weights(environ: dict[str, str]) -> None:
     for file in baked.iterdir():
         if not (cache / file.name).exists():
             (cache / file.name).symlink_to(file)
-
-
-def _synchronize_batch_norm(base: keras.Model) -> None:
-    # keras.applications keeps BatchNormalization statistics per replica; computing them over
-    # the global batch keeps every replica's moving mean and variance identical, so the saved
-    # model is the same whichever replica it is read from.
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = True
 
 
 def _reset_head(model: keras.Model) -> None:

@@ -230,6 +230,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("peer_timeout", "PEER_TIMEOUT", "Multi-worker runs: seconds to wait at start for "
            "every peer worker to answer before exiting 75 naming the missing ones.",
            _number(0.0, None, low_inclusive=False)),
+    Option("batch_norm_sync", "BATCH_NORM_SYNC", "With several replicas: step, BatchNorm's "
+           "statistics of the global batch at every step (all-reduces inside every step), or "
+           "save, each replica's own batch statistics, the moving averages averaged across "
+           "replicas before each evaluation and save.", _choice("step", "save")),
     Option("export", "EXPORT", "none, or a comma list of " + ", ".join(FORMATS) + ": the "
            "serving exports of the best model at the end of a run, each checked against it.",
            _export),

@@ -8,7 +8,6 @@ This module imports TensorFlow; trainer.job, which decides whether to train at a
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import platform
 from collections.abc import Callable
@@ -20,7 +19,6 @@ import numpy
 import tensorflow as tf
 
 from trainer.artifacts import HistoryRow
-from trainer.backbones import default_image_size
 from trainer.cluster import Cluster
 from trainer.control import (
     StopRequest,
@@ -31,8 +29,9 @@ from trainer.control import (
 )
 from trainer.data import Dataset, Split
 from trainer.distribution import make_strategy, resolve_precision, resolve_xla
-from trainer.errors import ConfigError, StorageError, Terminated, UploadsUnfinished
+from trainer.errors import StorageError, Terminated, UploadsUnfinished
 from trainer.finish import evaluator, exporter
+from trainer.inputs import size_inputs
 from trainer.logs import get_logger
 from trainer.loop import Loop
 from trainer.model import (
@@ -55,7 +54,6 @@ from trainer.pipeline import (
     cache_dataset,
     evaluation_input,
     evaluation_steps,
-    fit_batch,
     memory_budget,
     preview,
     take_decode_failures,
@@ -68,7 +66,6 @@ from trainer.scalars import ScalarLog
 from trainer.settings import Settings
 from trainer.state import LoopState, fingerprint_of, restore_state
 from trainer.storage import Store
-from trainer.tfrecords import count_records
 from trainer.tracking import Tracker, image_tag
 
 
@@ -97,23 +94,11 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     # 2. After the strategy: MultiWorkerMirroredStrategy installs a SIGTERM handler of its own.
     stop = stop_on_sigterm(settings.termination_grace_seconds)
     replicas = strategy.num_replicas_in_sync
-    # Data (trainer/pipeline.py, trainer/tfrecords.py): TFRecords are counted now that the
-    # strategy exists (a collective: every worker's share), then the image size and batch.
+    # Data: TFRecords are counted now that the strategy exists, then the image size and batch.
     worker, workers = cluster.task_position, cluster.task_count
-    dataset = count_records(dataset, strategy, worker, workers)
-    image_size, size_reason = _image_size(settings, dataset)
-    batch_size, steps = fit_batch(settings.batch_size, replicas, len(dataset.train))
-    if batch_size != settings.batch_size:
-        log.info(f"BATCH_SIZE={settings.batch_size} x {replicas} replica(s) is more than the "
-                 f"{len(dataset.train)} training images: {batch_size} per replica instead",
-                 extra={"run_id": settings.run_id, "batch_size": batch_size})
-        settings = dataclasses.replace(settings, batch_size=batch_size)
-    global_batch = batch_size * replicas
-    if settings.precision == "float16" and replicas > 1:
-        # Keras' LossScaleOptimizer checks each replica's gradients before the all-reduce and
-        # follows replica 0: an overflow elsewhere would be applied, and workers could diverge.
-        raise ConfigError(f"PRECISION=float16 is not supported with {replicas} replicas; use "
-                          "PRECISION=bfloat16 (or auto), or float32")
+    settings, dataset, image_size, size_reason, steps = size_inputs(settings, dataset, strategy,
+                                                                     cluster)
+    global_batch = settings.batch_size * replicas
 
     # 3. Model and optimizer, their variables (and every optimizer slot any phase trains) made
     # in the strategy's scope: made lazily inside the distributed step they would be
@@ -123,7 +108,8 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     keras.mixed_precision.set_global_policy(policy)
     with strategy.scope():
         model = build_classifier(settings.backbone, settings.pooling, image_size,
-                                 len(dataset.class_names), weights, environ)
+                                 len(dataset.class_names), weights, environ,
+                                 synchronized=settings.batch_norm_sync == "step")
         optimizer = keras.optimizers.Adam(PhasedSchedule(settings, steps))
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -234,6 +220,7 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
         if not metrics.completed and not metrics.diverged:
             state = state.mid_epoch(metrics.steps_done, metrics.totals)
             raise _save_and_stop(run, state, f"epoch {epoch}, step {metrics.steps_done}")
+        loop.average_batch_norm()  # before the evaluation and the save (BATCH_NORM_SYNC=save)
         val_loss, val_accuracy = (math.nan, math.nan) if metrics.diverged else loop.evaluate(
             evaluation_fn, eval_steps)
         # Images that failed to decode only now (those found at the start are left out).
@@ -260,6 +247,8 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
 
 def _save_and_stop(run: Run, state: LoopState, where: str, saved: bool = False) -> Terminated:
     """SIGTERM: the state saved (unless `saved`) and uploaded; the error to stop with."""
+    if not saved:
+        run.loop.average_batch_norm()
     run.outputs.save_for_restart(state, run.checkpoint, saved, run.stop)
     by = " (sent to this or another worker)" if run.cluster.is_multi_worker else ""
     outcome = "after saving its state" if run.cluster.is_chief else "while the chief saves it"
@@ -273,16 +262,6 @@ def _stop_requested(run: Run) -> Callable[[], bool]:
     if not run.cluster.is_multi_worker:
         return run.stop.is_set
     return lambda: run.loop.any_worker(run.stop.is_set())
-
-
-def _image_size(settings: Settings, dataset: Dataset) -> tuple[int, str]:
-    """IMAGE_SIZE, or the default for the dataset and backbone, logged with the reason."""
-    if settings.image_size:
-        return settings.image_size, "IMAGE_SIZE"
-    size, reason = default_image_size(dataset.native_size, settings.backbone)
-    get_logger().info(f"IMAGE_SIZE={size}: {reason}", extra={
-        "run_id": settings.run_id, "image_size": size, "image_size_reason": reason})
-    return size, reason
 
 
 def _outputs(settings: Settings, store: Store, cluster: Cluster, metadata: dict[str, Any],
