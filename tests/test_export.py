@@ -19,6 +19,9 @@ import pytest
 
 from trainer.errors import ConfigError, DataError
 
+# One worker runs this module: its exports are made once.
+pytestmark = pytest.mark.xdist_group("export")
+
 CLASSES = ["cat", "dog", "eel"]
 SIZE = 32
 

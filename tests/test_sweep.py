@@ -34,6 +34,9 @@ from trainer.sweep_report import (
     varying_settings,
 )
 
+# One worker runs this module: its sweep (two trainings) is made once.
+pytestmark = pytest.mark.xdist_group("sweep")
+
 REPO = Path(__file__).resolve().parents[1]
 OVERLAY = REPO / "k8s" / "overlays" / "sweep"
 
@@ -264,11 +267,13 @@ def trainer(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`trainer sweep` of two learning rates on digits, one short epoch each."""
+    """`trainer sweep` of two learning rates on digits, one short epoch each (80% held out for
+    validation: a few steps of training each)."""
     folder = tmp_path_factory.mktemp("sweep")
     grid = folder / "lr.json"
     grid.write_text(json.dumps({"DATASET": "digits", "EPOCHS": 1, "IMAGE_SIZE": 32,
-                                "BACKBONE": "VGG16", "WEIGHTS": "none", "BATCH_SIZE": 32,
+                                "BACKBONE": "VGG16", "WEIGHTS": "none", "BATCH_SIZE": 64,
+                                "VALIDATION_SPLIT": "0.8",
                                 "LEARNING_RATE": ["1e-3", "1e-4"]}))
     env = clean_environ(ARTIFACT_URI=str(folder / "runs"), LOG_FORMAT="json",
                         WORK_DIR=str(folder / "work"), EXPORT="none")
