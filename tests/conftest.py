@@ -136,6 +136,24 @@ class Job:
                 if r["message"].startswith("epoch ") and "val_loss" in r]
 
 
+def trainer_in_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`trainer ARGS` run by its own main() in this process, with `env` as the whole
+    environment: for the commands that load TensorFlow, whose import a subprocess would pay
+    again (the console script itself is run as a process in tests/test_cli.py)."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from trainer.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env, clear=True), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = main(list(args))
+    logging.getLogger("trainer").handlers.clear()
+    return subprocess.CompletedProcess(["trainer", *args], code, out.getvalue(), err.getvalue())
+
+
 def json_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
@@ -233,7 +251,7 @@ class S3Server:
             self.process.wait(timeout=20)
             self.process = None
 
-    def client(self, secret: str = S3_SECRET):  # noqa: ANN201 - a boto3 S3 client
+    def client(self, secret: str = S3_SECRET):
         import boto3
 
         from trainer.s3 import client_config
@@ -271,7 +289,7 @@ def free_ports(count: int) -> list[int]:
 
 
 @pytest.fixture(scope="session", params=["rclone", "moto"])
-def s3_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def s3_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     server = S3Server(request.param, tmp_path_factory.mktemp(f"s3-{request.param}")).start()
     yield server
     server.stop()
@@ -286,7 +304,7 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture()
-def rclone_server(tmp_path: Path):  # noqa: ANN201 - a server of its own, to stop and start
+def rclone_server(tmp_path: Path):
     server = S3Server("rclone", tmp_path / "s3").start()
     yield server
     server.stop()
@@ -468,7 +486,7 @@ class MlflowServer:
             self.process.wait(30)
         self.process = None
 
-    def client(self):  # noqa: ANN201 - an MlflowClient
+    def client(self):
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.uri)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import trainer_in_process
 
 from trainer.cli import cli
 from trainer.settings import OPTIONS
@@ -118,8 +119,9 @@ def test_predict_names_the_right_class_with_every_kind_of_model(finished_run: di
     export = finished_run["run"] / "export"
     for model in ("tiny", finished_run["run"] / "best.h5", export / "savedmodel",
                   export / "onnx" / "model.onnx"):
-        result = trainer("predict", str(model), *paths, "--top", "2", "--artifact-uri",
-                         str(finished_run["root"]), env=finished_run["env"])
+        result = trainer_in_process("predict", str(model), *paths, "--top", "2",
+                                    "--artifact-uri", str(finished_run["root"]),
+                                    env=finished_run["env"])
         assert result.returncode == 0, result.stderr
         lines = result.stdout.strip().splitlines()
         assert [line.split(": ", 1)[0] for line in lines] == paths

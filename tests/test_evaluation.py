@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import clean_environ, unless_ci
+from conftest import clean_environ, trainer_in_process, unless_ci
 
 # One worker runs every test that reads the shared finished run (trained once per worker).
 pytestmark = pytest.mark.xdist_group("finished_run")
@@ -144,7 +144,7 @@ def test_tensorboard_has_every_epochs_scalars(finished_run: dict) -> None:
 def test_trainer_evaluate_agrees_with_the_run(finished_run: dict, tmp_path: Path) -> None:
     env = clean_environ(VALIDATION_SPLIT="0.25")
     npz = str(finished_run["npz"])
-    result = _trainer("evaluate", str(finished_run["run"] / "best.h5"), npz, "--to",
+    result = trainer_in_process("evaluate", str(finished_run["run"] / "best.h5"), npz, "--to",
                       str(tmp_path / "eval"), env=env)
     assert result.returncode == 0, result.stderr
     ours = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -152,11 +152,11 @@ def test_trainer_evaluate_agrees_with_the_run(finished_run: dict, tmp_path: Path
     assert ours["confusion_matrix"] == theirs["confusion_matrix"]
     for name in ("confusion.png", "errors.png"):
         _assert_picture(tmp_path / "eval" / name)
-    everything = _trainer("evaluate", str(finished_run["run"] / "best.h5"), npz,
+    everything = trainer_in_process("evaluate", str(finished_run["run"] / "best.h5"), npz,
                           "--split", "all", "--to", str(tmp_path / "all"), env=env)
     assert everything.returncode == 0, everything.stderr
     assert json.loads((tmp_path / "all" / "metrics.json").read_text())["examples"] == 80
-    other = _trainer("evaluate", str(finished_run["run"] / "best.h5"), "digits", "--to",
+    other = trainer_in_process("evaluate", str(finished_run["run"] / "best.h5"), "digits", "--to",
                      str(tmp_path / "digits"), env=env)
     assert other.returncode == 3 and "has 10 classes but the model has 2" in other.stderr
 

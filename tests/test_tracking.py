@@ -61,12 +61,12 @@ def _run_files(folder: Path) -> list[Path]:
     return [folder / "best.h5", folder / "export", folder / "report.html", folder / "curves.png"]
 
 
-def _epochs_logged(client, run_id: str) -> dict[str, list[int]]:  # noqa: ANN001
+def _epochs_logged(client, run_id: str) -> dict[str, list[int]]:
     return {key: sorted(m.step for m in client.get_metric_history(run_id, key))
             for key in METRICS}
 
 
-def _all_artifacts(client, run_id: str, path: str | None = None) -> set[str]:  # noqa: ANN001
+def _all_artifacts(client, run_id: str, path: str | None = None) -> set[str]:
     found = set()
     for info in client.list_artifacts(run_id, path):
         found |= _all_artifacts(client, run_id, info.path) if info.is_dir else {info.path}
@@ -149,7 +149,7 @@ def test_a_pod_killed_before_saving_its_state_continues_the_run_by_its_tag(
     assert run.data.params["epochs"] == "4"  # MLflow params keep their first value
 
 
-def _timed(call, *args) -> float:  # noqa: ANN001
+def _timed(call, *args) -> float:
     started = time.monotonic()
     call(*args)
     return time.monotonic() - started
