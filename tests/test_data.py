@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from conftest import TINY_JOB, clean_environ, run_entrypoint
 
-from trainer.data import BUILTIN_ARCHIVES, Archive, load_dataset
+from trainer.builtin_datasets import BUILTIN_ARCHIVES, Archive
+from trainer.data import load_dataset
 from trainer.errors import DataError
 
 

@@ -10,19 +10,18 @@ import tensorflow as tf
 from conftest import write_tfrecords
 
 from trainer.data import Split, load_dataset
+from trainer.decode_failures import take_decode_failures
 from trainer.errors import DataError
+from trainer.memory import cache_decoded, memory_limit
 from trainer.pipeline import (
     augmenter,
     batch_preprocessor,
-    cache_decoded,
     evaluation_input,
     evaluation_steps,
     fit_batch,
-    memory_limit,
-    take_decode_failures,
     training_input,
 )
-from trainer.tfrecords import count_records
+from trainer.tfrecords_counting import count_records
 
 
 def _identity(images: tf.Tensor) -> tf.Tensor:

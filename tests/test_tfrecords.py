@@ -16,8 +16,11 @@ from conftest import REPO, TINY_JOB, clean_environ, free_ports, json_lines, run_
 
 from trainer.data import load_dataset
 from trainer.errors import DataError
-from trainer.pipeline import batch_preprocessor, cache_dataset, training_input
-from trainer.tfrecords import count_records, files_to_fetch, read_records, shard
+from trainer.memory import cache_dataset
+from trainer.pipeline import batch_preprocessor, training_input
+from trainer.tfrecords import files_to_fetch, shard
+from trainer.tfrecords_counting import count_records
+from trainer.tfrecords_reading import read_records
 
 
 def write_records(folder: Path, labels: list[int], parts: int, side: int = 12,

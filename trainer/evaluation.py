@@ -18,19 +18,17 @@ import tensorflow as tf
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from trainer.artifacts import read_model_metadata
+from trainer.bad_images import apply_bad_images_policy
 from trainer.data import Dataset, Split, load_dataset
+from trainer.decode_failures import take_decode_failures
 from trainer.errors import DataError
 from trainer.files import write_atomic
 from trainer.logs import get_logger
 from trainer.model import preprocess_function
-from trainer.pipeline import (
-    apply_bad_images_policy,
-    batch_preprocessor,
-    evaluation_input,
-    take_decode_failures,
-)
+from trainer.pipeline import batch_preprocessor, evaluation_input
 from trainer.plots import save_confusion, save_errors
-from trainer.tfrecords import Records, count_records
+from trainer.tfrecords import Records
+from trainer.tfrecords_counting import count_records
 
 ERRORS_SHOWN = 32
 

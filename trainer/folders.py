@@ -10,7 +10,7 @@ only: an empty file, a file that is no PNG, JPEG, GIF or BMP (a text file named 
 that does not end as its format ends (a truncated download) are found without decoding. A file
 whose end looks wrong is decoded once with Pillow to decide, as some cameras append data after a
 JPEG's end marker. What this check misses is caught when TensorFlow decodes the file (see
-trainer.pipeline): left out the same way, never an internal error.
+trainer.decode_failures): left out the same way, never an internal error.
 
 No TensorFlow here: the scan runs before the strategy is made.
 """

@@ -15,7 +15,7 @@ from trainer.errors import ConfigError
 from trainer.logs import get_logger
 from trainer.pipeline import fit_batch
 from trainer.settings import Settings
-from trainer.tfrecords import count_records
+from trainer.tfrecords_counting import count_records
 
 
 def size_inputs(settings: Settings, dataset: Dataset, strategy: tf.distribute.Strategy,

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from trainer.artifacts import EVALUATION_FILES, HistoryRow, RunArtifacts
-from trainer.data import Dataset, Split, pixels
 from trainer.errors import TrainerError
 from trainer.files import sha256_of, write_atomic
 from trainer.logs import get_logger
 from trainer.plots import save_curves, save_samples
 from trainer.report import build_report
 from trainer.settings import Settings
+from trainer.splits import Dataset, Split, pixels
 from trainer.state import LoopState, save_state
 from trainer.storage import LocalStore, Store
 from trainer.tracking import Tracker

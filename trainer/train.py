@@ -19,6 +19,7 @@ import numpy
 import tensorflow as tf
 
 from trainer.artifacts import HistoryRow
+from trainer.bad_images import apply_bad_images_policy
 from trainer.cluster import Cluster
 from trainer.control import (
     StopRequest,
@@ -28,12 +29,14 @@ from trainer.control import (
     stop_on_sigterm,
 )
 from trainer.data import Dataset, Split
+from trainer.decode_failures import take_decode_failures
 from trainer.distribution import make_strategy, resolve_precision, resolve_xla
 from trainer.errors import StorageError, Terminated, UploadsUnfinished
 from trainer.finish import evaluator, exporter
 from trainer.inputs import size_inputs
 from trainer.logs import get_logger
 from trainer.loop import Loop
+from trainer.memory import cache_dataset, memory_budget
 from trainer.model import (
     build_classifier,
     preprocess_function,
@@ -49,14 +52,10 @@ from trainer.outputs import (
     state_place,
 )
 from trainer.pipeline import (
-    apply_bad_images_policy,
     batch_preprocessor,
-    cache_dataset,
     evaluation_input,
     evaluation_steps,
-    memory_budget,
     preview,
-    take_decode_failures,
     training_input,
 )
 from trainer.progress import Plan, TrainerStatusReporter
