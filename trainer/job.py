@@ -49,8 +49,8 @@ def load_run_dataset(settings: Settings) -> Dataset:
     """DATASET with the run's validation split, fetched first when it is in S3. Broken image
     files are left out or fail the run here (BAD_IMAGES); TFRecords are only listed (they are
     counted by trainer.train once the strategy is made)."""
-    # TODO(s3 select): once trainer.s3.download_uri takes `select`, fetch each worker only the
-    # TFRecord files it reads: select=trainer.tfrecords.files_to_fetch(names, index, count).
+    # Every worker mirrors the whole prefix (unchanged objects are not fetched again): the
+    # TFRecord shards are chosen from the complete listing, which a worker's part would lack.
     return load_dataset(fetch_if_remote(settings, settings.dataset, "datasets"),
                         validation_split=settings.validation_split, seed=settings.seed,
                         mirror=settings.dataset_mirror, bad_images=settings.bad_images)

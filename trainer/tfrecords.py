@@ -109,8 +109,8 @@ def files_to_fetch(names: Sequence[str], worker: int, workers: int) -> Callable[
     training file when the validation split is held out of them, as it evaluates the best
     model on all of it at the end. Anything else (an image folder, an .npz) is fetched whole.
 
-    The hook for trainer.s3.download_uri's `select` (the prefix is listed first); NOT WIRED YET:
-    download_uri on this branch fetches the whole prefix. See trainer.job.load_run_dataset.
+    For trainer.s3.download_uri's `select` (the prefix listed first with list_uri); not used
+    by the job yet, which mirrors the whole prefix (trainer.job.load_run_dataset).
     """
     top = [n for n in names if "/" not in n and is_tfrecord(n)]
     train = sorted(n for n in names if n.startswith("train/") and is_tfrecord(n.split("/", 1)[1]))
