@@ -371,9 +371,10 @@ def test_decoding_gives_8_bit_rgb_whatever_the_file(tmp_path: Path) -> None:
     rgb = natural_images(1, 9, 7, seed=8)[0]
     gray = rgb[..., :1]
     rgba = np.concatenate([rgb, np.full((9, 7, 1), 128, np.uint8)], axis=-1)
+    deep = rgb.astype(np.uint16) * 256 + rgb[::-1, ::-1]
     for encoded, expected in (
-            # 16-bit: the high byte, whatever the low one (scaled down, not clipped to 255)
-            (tf.io.encode_png(rgb.astype(np.uint16) * 256 + rgb[::-1, ::-1]), rgb),
+            # 16-bit: scaled down to the nearest 8-bit value (x / 257), not clipped to 255
+            (tf.io.encode_png(deep), np.round(deep / 257).astype(np.uint8)),
             (tf.io.encode_png(gray), np.repeat(gray, 3, axis=-1)),
             (tf.io.encode_png(rgba), rgb)):
         np.testing.assert_array_equal(images.decode(encoded).numpy(), expected)
