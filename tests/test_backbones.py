@@ -72,3 +72,20 @@ def test_baked_weights_are_linked_into_an_empty_keras_cache(tmp_path: Path) -> N
     link_baked_weights({"BAKED_KERAS_HOME": str(baked.parent), "KERAS_HOME": str(home)})
     linked = home / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     assert linked.read_bytes() == b"weights"
+
+
+def test_backbones_whose_best_h5_keras_cannot_load_are_refused_at_once(tmp_path: Path) -> None:
+    """Keras 3.15 saves these as HDF5 but cannot load them back without custom objects; when a
+    Keras release can, this test fails and NOT_HDF5_LOADABLE shrinks."""
+    from trainer.backbones import MIN_IMAGE_SIZE, NOT_HDF5_LOADABLE
+    from trainer.errors import ConfigError
+    from trainer.settings import load_settings
+
+    for name in ("MobileNetV3Small", "ConvNeXtTiny", "InceptionResNetV2"):  # one per family
+        model = build_model(name, "avg", max(32, MIN_IMAGE_SIZE[name]), 3, None)
+        model.save(tmp_path / f"{name}.h5", include_optimizer=False)
+        with pytest.raises(ValueError):
+            keras.models.load_model(tmp_path / f"{name}.h5", compile=False)
+        with pytest.raises(ConfigError, match=f"BACKBONE='{name.lower()}' is invalid: Keras"):
+            load_settings({"BACKBONE": name.lower()})
+    assert len(NOT_HDF5_LOADABLE) == 8

@@ -26,6 +26,16 @@ _NATIVE_SIZE_EXCEPTIONS = {
     "EfficientNetV2B3": 300, "EfficientNetV2S": 384, "EfficientNetV2M": 480,
     "EfficientNetV2L": 480,
 }
+# Backbones whose whole model Keras 3.15 saves as HDF5 but cannot load back without custom
+# objects: best.h5 must load with plain keras.models.load_model, so they are refused at once
+# rather than after hours of training (tests/test_backbones.py checks that they still fail).
+_LAYER_SCALE = "its LayerScale layer is not serializable to HDF5"
+NOT_HDF5_LOADABLE = {
+    "MobileNetV3Small": "its hard-sigmoid arithmetic does not load back from HDF5",
+    "MobileNetV3Large": "its hard-sigmoid arithmetic does not load back from HDF5",
+    "InceptionResNetV2": "its CustomScaleLayer is not serializable to HDF5",
+    **{f"ConvNeXt{size}": _LAYER_SCALE for size in ("Tiny", "Small", "Base", "Large", "XLarge")},
+}
 NATIVE_IMAGE_SIZE = {name: _NATIVE_SIZE_EXCEPTIONS.get(name, 224) for name in _NAMES}
 _BY_LOWER = {name.lower(): name for name in _NAMES}
 

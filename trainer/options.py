@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.backbones import canonical_name
+from trainer.backbones import NOT_HDF5_LOADABLE, canonical_name
 from trainer.errors import ConfigError
 from trainer.formats import FORMATS, parse_formats
 
@@ -107,6 +107,10 @@ def _backbone(variable: str, text: str) -> str:
     if name is None:
         raise _fail(variable, text, "name a keras.applications model, e.g. ResNet50, MobileNetV2, "
                     "EfficientNetB0 (any model in keras.applications, any case)")
+    if name in NOT_HDF5_LOADABLE:
+        raise _fail(variable, text, f"Keras 3.15 cannot load its best.h5 back ({name}: "
+                    f"{NOT_HDF5_LOADABLE[name]}); choose another backbone, e.g. MobileNetV2, "
+                    "EfficientNetV2S or ResNet50")
     return name
 
 
