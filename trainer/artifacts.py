@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import h5py
 
 from trainer.files import make_readable, sha256_of, write_atomic
-from trainer.storage import Store, key_in
+from trainer.storage import LocalStore, Store, key_in
+from trainer.uploader import Uploader
 
 if TYPE_CHECKING:
     import keras
 
-    from trainer.uploader import Uploader
+    from trainer.settings import Settings
 
 
 class HistoryRow(TypedDict):
@@ -165,3 +166,30 @@ def read_model_metadata(path: Path) -> dict[str, Any]:
     with h5py.File(path, "r") as f:
         raw = f.attrs.get(MODEL_METADATA_ATTRIBUTE)
     return json.loads(raw) if raw else {}
+
+
+def run_files(settings: Settings, store: Store) -> tuple[RunArtifacts, RunArtifacts]:
+    """The run's files, and those of its resume state (the same, unless a platform keeps the
+    state elsewhere: SageMaker's checkpoints/, Vertex AI's AIP_CHECKPOINT_DIR). Written in
+    place in a local store; in WORK_DIR, then uploaded in the background, in object storage."""
+    local_dir = store.local_run_dir(settings.run_key)
+    if local_dir is not None:
+        artifacts = RunArtifacts(store, settings.run_key, local_dir)
+    else:
+        work = Path(settings.work_dir) / "runs" / settings.run_key
+        artifacts = RunArtifacts(store, settings.run_key, work,
+                                 publisher=Uploader(store, staging=work / ".uploads"))
+    if not settings.state_dir:
+        return artifacts, artifacts
+    state_store = LocalStore(settings.state_dir)
+    return artifacts, RunArtifacts(state_store, "", state_store.root)
+
+
+def state_place(settings: Settings, store: Store) -> tuple[Store, str, Path]:
+    """Where a restart finds the resume state: the store, the run's key in it, and the local
+    folder the state's files are brought to (the one run_files writes them in)."""
+    if settings.state_dir:
+        state_store = LocalStore(settings.state_dir)
+        return state_store, "", state_store.root
+    local_dir = store.local_run_dir(settings.run_key)
+    return store, settings.run_key, local_dir or Path(settings.work_dir) / "runs" / settings.run_key

@@ -32,9 +32,7 @@ from trainer.report import build_report
 from trainer.settings import Settings
 from trainer.splits import Dataset, Split, pixels
 from trainer.state import LoopState, save_state
-from trainer.storage import LocalStore, Store
 from trainer.tracking import Tracker
-from trainer.uploader import Uploader
 
 if TYPE_CHECKING:
     import keras
@@ -99,10 +97,7 @@ class ChiefOutputs:
         if not state.history:
             return state
         self.artifacts.write_history(state.history)
-        # The earlier attempts' TensorBoard event files stay part of the run (each attempt
-        # writes files of its own).
-        for key in self.artifacts.store.list_keys(self.artifacts.key("tensorboard/")):
-            self.artifacts.adopt(key.removeprefix(self.artifacts.key("")), None)
+        self._adopt_earlier_files()
         if state.holds_the_best_weights:
             self._save_best(model, state)
         elif self.artifacts.adopt("best.h5", state.best_sha256):
@@ -114,6 +109,18 @@ class ChiefOutputs:
                 extra={"run_id": self.settings.run_id})
             return dataclasses.replace(state, best_value=None, best_epoch=0)
         return state
+
+    def _adopt_earlier_files(self) -> None:
+        """What earlier attempts stored stays part of the run and of its manifest: pictures,
+        TensorBoard event files (each attempt writes its own), the restored state's files;
+        not the states that would have to be downloaded only to be listed."""
+        prefix = self.artifacts.key("")
+        for key in self.artifacts.store.list_keys(prefix):
+            name = key.removeprefix(prefix)
+            if name in self.artifacts.published or name == "manifest.json":
+                continue
+            if not name.startswith("state/") or self.artifacts.path(name).is_file():
+                self.artifacts.adopt(name, None)
 
     def epoch_done(self, state: LoopState, improved: bool, model: keras.Model,
                    checkpoint: tf.train.Checkpoint) -> None:
@@ -252,33 +259,6 @@ class WorkerOutputs:
     def finish(self, state: LoopState, evaluate: Evaluate, export: Export,
                stop: StopRequest) -> str:
         return ""
-
-
-def run_files(settings: Settings, store: Store) -> tuple[RunArtifacts, RunArtifacts]:
-    """The run's files, and those of its resume state (the same, unless a platform keeps the
-    state elsewhere: SageMaker's checkpoints/, Vertex AI's AIP_CHECKPOINT_DIR). Written in
-    place in a local store; in WORK_DIR, then uploaded in the background, in object storage."""
-    local_dir = store.local_run_dir(settings.run_key)
-    if local_dir is not None:
-        artifacts = RunArtifacts(store, settings.run_key, local_dir)
-    else:
-        work = Path(settings.work_dir) / "runs" / settings.run_key
-        artifacts = RunArtifacts(store, settings.run_key, work,
-                                 publisher=Uploader(store, staging=work / ".uploads"))
-    if not settings.state_dir:
-        return artifacts, artifacts
-    state_store = LocalStore(settings.state_dir)
-    return artifacts, RunArtifacts(state_store, "", state_store.root)
-
-
-def state_place(settings: Settings, store: Store) -> tuple[Store, str, Path]:
-    """Where a restart finds the resume state: the store, the run's key in it, and the local
-    folder the state's files are brought to (the one run_files writes them in)."""
-    if settings.state_dir:
-        state_store = LocalStore(settings.state_dir)
-        return state_store, "", state_store.root
-    local_dir = store.local_run_dir(settings.run_key)
-    return store, settings.run_key, local_dir or Path(settings.work_dir) / "runs" / settings.run_key
 
 
 def run_config(settings: Settings, metadata: dict[str, Any], replicas: int,

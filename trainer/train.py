@@ -18,7 +18,7 @@ import keras
 import numpy
 import tensorflow as tf
 
-from trainer.artifacts import HistoryRow
+from trainer.artifacts import HistoryRow, run_files, state_place
 from trainer.bad_images import apply_bad_images_policy
 from trainer.cluster import Cluster
 from trainer.control import (
@@ -43,14 +43,7 @@ from trainer.model import (
     preprocessing_name,
     weights_digest,
 )
-from trainer.outputs import (
-    ChiefOutputs,
-    Outputs,
-    WorkerOutputs,
-    run_config,
-    run_files,
-    state_place,
-)
+from trainer.outputs import ChiefOutputs, Outputs, WorkerOutputs, run_config
 from trainer.pipeline import (
     batch_preprocessor,
     evaluation_input,
