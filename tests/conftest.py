@@ -136,6 +136,18 @@ class Job:
                 if r["message"].startswith("epoch ") and "val_loss" in r]
 
 
+@pytest.fixture
+def warnings_logged() -> Iterator[list[logging.LogRecord]]:
+    """The warnings the trainer's logger gives during the test."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("trainer")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
 def trainer_in_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """`trainer ARGS` run by its own main() in this process, with `env` as the whole
     environment: for the commands that load TensorFlow, whose import a subprocess would pay

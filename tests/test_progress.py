@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import socket
 import ssl
 import threading
@@ -160,17 +159,6 @@ def status_server(tmp_path: Path) -> Iterator[StatusServer]:
     server = StatusServer(tmp_path)
     yield server
     server.close()
-
-
-@pytest.fixture
-def warnings_logged() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("trainer")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
 
 
 def _environ(server: StatusServer, folder: Path, url: str | None = None) -> dict[str, str]:

@@ -7,9 +7,7 @@ SIGTERMed after epoch 2 and restarted, and a tracking server stopped in the midd
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +24,6 @@ PARAMS = {"dataset": "digits", "backbone": "VGG16", "learning_rate": 1e-4, "epoc
           "image_size": None, "augment": "none"}
 TAGS = {"image": "registry.example.com/trainer:test"}
 DOWN_SECONDS = 5.0  # a call while the server is down returns within this
-
-
-@pytest.fixture
-def warnings_logged() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("trainer")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
 
 
 def _environ(server: MlflowServer, experiment: str, **extra: str) -> dict[str, str]:
