@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
+from trainer.data import fetch_dataset
 from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError
 from trainer.formats import check_export_runtimes, parse_formats
 from trainer.job import run_job
@@ -161,7 +162,6 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
              seed: int, dataset_mirror: str | None, bad_images: Any, work_dir: str,
              **options: Any) -> None:
     """Metrics and pictures of MODEL (a run id or an .h5) on DATASET (anything DATASET takes)."""
-    from trainer.data import fetch_dataset
     from trainer.evaluation import evaluate_model  # TensorFlow
 
     endpoint, style = options["s3_endpoint_url"], options["s3_addressing_style"]
