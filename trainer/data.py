@@ -58,7 +58,8 @@ def load_dataset(
 
 def fetch_dataset(location: str, cache: Path, endpoint_url: str | None,
                   addressing_style: str) -> str:
-    """An s3:// dataset fetched into `cache` (kept between calls); other locations as given."""
+    """An s3:// dataset (or weights file) fetched into `cache` (kept between calls); other
+    locations as given."""
     if not location.startswith("s3://"):
         return location
     from trainer.s3 import download_uri  # boto3 only where S3 is used

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from trainer.data import Dataset, load_dataset
+from trainer.data import Dataset, fetch_dataset, load_dataset
 from trainer.formats import check_export_runtimes
 from trainer.logs import get_logger
 from trainer.platforms import resolve_platform
@@ -67,12 +67,7 @@ def finished(store: Store, run_id: str) -> bool:
 
 
 def fetch_if_remote(settings: Settings, location: str, kind: str) -> str:
-    """An s3:// dataset or weights file, fetched into WORK_DIR (cached); other values as given."""
-    if not location.startswith("s3://"):
-        return location
-    # boto3 only where S3 is used.
-    from trainer.s3 import download_uri
-
-    get_logger().info(f"fetching {location}", extra={"run_id": settings.run_id})
-    return str(download_uri(location, Path(settings.work_dir) / kind, settings.s3_endpoint_url,
-                            settings.s3_addressing_style))
+    """An s3:// dataset or weights file, fetched into WORK_DIR/kind (cached); other values as
+    given."""
+    return fetch_dataset(location, Path(settings.work_dir) / kind, settings.s3_endpoint_url,
+                         settings.s3_addressing_style)
