@@ -41,18 +41,22 @@ def _start_workers(env_of: Callable[[int], dict[str, str]], count: int = 2, chie
 
 def test_a_chief_and_two_workers_train_as_one_cluster_and_only_the_chief_writes(
         tiny_npz: Path, tmp_path: Path) -> None:
-    """TF_CONFIG as Vertex AI and Kubeflow write it: a chief plus workers 0 and 1."""
+    """TF_CONFIG as Vertex AI and Kubeflow write it: a chief plus workers 0 and 1. A backbone
+    with BatchNorm, whose statistics each worker keeps across workers (BATCH_NORM_SYNC=auto)
+    and the three average before each evaluation and save."""
     roots = [tmp_path / f"runs-{index}" for index in range(3)]
     jobs, _ = _start_workers(lambda index: clean_environ(
         TINY_JOB, DATASET=str(tiny_npz), RUN_ID="chief", EPOCHS="1", BATCH_SIZE="8",
-        ARTIFACT_URI=str(roots[index]), WORK_DIR=str(tmp_path / f"work-{index}")),
-        count=3, chief=True)
+        BACKBONE="MobileNet", ARTIFACT_URI=str(roots[index]),
+        WORK_DIR=str(tmp_path / f"work-{index}")), count=3, chief=True)
     for job in jobs:
         code, stderr = job.finish()
         assert code == 0, stderr[-2000:]
+    # Every variable equal on the three, the moving statistics of their own batches included.
     assert len({job.field("weights_sha256") for job in jobs}) == 1
     assert json.loads((roots[0] / "chief" / "manifest.json").read_text())["status"] == "finished"
-    assert json.loads((roots[0] / "chief" / "config.json").read_text())["replicas"] == 3
+    config = json.loads((roots[0] / "chief" / "config.json").read_text())
+    assert (config["replicas"], config["batch_norm_synchronized"]) == (3, False)
     # The workers, each given a location of its own, write nothing there.
     assert not [path for root in roots[1:] if root.exists() for path in root.rglob("*")
                 if path.is_file()]

@@ -66,5 +66,30 @@ def test_precision_auto_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path
     # This machine has no GPU: the CPU's flags decide.
     assert resolve_precision("auto", cpu("avx512f amx_tile amx_bf16")) == (
         "mixed_bfloat16", "auto: the CPU has AMX-BF16 (amx_bf16)")
-    assert resolve_precision("auto", cpu("avx512f avx512_bf16"))[0] == "float32"
+    # AVX512-BF16 alone: as fast as a convolution measures it on the machine.
+    assert resolve_precision("auto", cpu("avx512f avx512_bf16"), lambda: 1.6) == (
+        "mixed_bfloat16", "auto: the CPU has AVX512-BF16 and a convolution ran 1.60x as fast in "
+        "bfloat16 as in float32 here")
+    policy, why = resolve_precision("auto", cpu("avx512f avx512_bf16"), lambda: 0.7)
+    assert policy == "float32" and "0.70x" in why
+    assert resolve_precision("auto", cpu("avx512f avx2")) == (
+        "float32", "auto: no GPU, and the CPU has neither AMX-BF16 nor AVX512-BF16")
     assert resolve_precision("float16", cpu("amx_bf16")) == ("mixed_float16", "PRECISION=float16")
+
+
+def test_the_bfloat16_measurement_times_both_precisions() -> None:
+    from trainer.distribution import bfloat16_speedup
+
+    # Whatever this CPU is, both passes ran and took time: a ratio, neither 0 nor infinite.
+    assert 0.01 < bfloat16_speedup(repeats=2) < 100
+
+
+def test_batch_norm_synchronizes_inside_a_worker_and_not_across_workers() -> None:
+    from trainer.distribution import synchronized_batch_norm
+
+    assert synchronized_batch_norm("auto", replicas=1, workers=1)[0] is False
+    assert synchronized_batch_norm("step", replicas=1, workers=1)[0] is False
+    assert synchronized_batch_norm("auto", replicas=4, workers=1)[0] is True
+    assert synchronized_batch_norm("auto", replicas=4, workers=2)[0] is False
+    assert synchronized_batch_norm("step", replicas=4, workers=2) == (True, "BATCH_NORM_SYNC=step")
+    assert synchronized_batch_norm("save", replicas=4, workers=1) == (False, "BATCH_NORM_SYNC=save")

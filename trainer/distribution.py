@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import tensorflow as tf
@@ -43,12 +44,18 @@ def make_strategy(
     return tf.distribute.MirroredStrategy(devices=devices), cluster
 
 
-def resolve_precision(precision: str, cpuinfo: str = "/proc/cpuinfo") -> tuple[str, str]:
+# bfloat16 on CPUs with AVX512-BF16 but no AMX measured both ways on machines reporting the
+# same flags (VGG16 on digits: 1.5x slower one day, 1.6x faster another), so auto measures it.
+BFLOAT16_MIN_SPEEDUP = 1.2
+
+
+def resolve_precision(precision: str, cpuinfo: str = "/proc/cpuinfo",
+                      measure: Callable[[], float] | None = None) -> tuple[str, str]:
     """The Keras dtype policy for PRECISION, and why. `auto` is bfloat16 where the hardware
-    runs bfloat16 matrix work natively: GPUs of compute capability 8.0 or newer (tensor cores),
-    or, without GPUs, CPUs with AMX-BF16 (Intel Sapphire Rapids and later). Elsewhere it is
-    float32: AVX512-BF16 alone (AMD Zen 4) measured 1.5x slower in bfloat16 here (VGG16 on
-    digits at 32x32: 67.8 against 103.6 images/s), and older GPUs and CPUs emulate it."""
+    runs bfloat16 matrix work natively: GPUs of compute capability 8.0 or newer (tensor cores);
+    without GPUs, CPUs with AMX-BF16 (Intel Sapphire Rapids and later), and CPUs with
+    AVX512-BF16 alone where `measure` (bfloat16_speedup) finds bfloat16 at least
+    BFLOAT16_MIN_SPEEDUP times as fast. Elsewhere float32: older GPUs and CPUs emulate it."""
     policies = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
     if precision != "auto":
         return policies[precision], f"PRECISION={precision}"
@@ -60,9 +67,60 @@ def resolve_precision(precision: str, cpuinfo: str = "/proc/cpuinfo") -> tuple[s
             return policies["bfloat16"], f"auto: GPUs of compute capability {capabilities[0]}"
         return policies["float32"], f"auto: a GPU of compute capability {min(capabilities)} " \
             "has no bfloat16 tensor cores"
-    if "amx_bf16" in _cpu_flags(cpuinfo):
+    flags = _cpu_flags(cpuinfo)
+    if "amx_bf16" in flags:
         return policies["bfloat16"], "auto: the CPU has AMX-BF16 (amx_bf16)"
-    return policies["float32"], "auto: no GPU, and the CPU has no AMX-BF16"
+    if "avx512_bf16" in flags:
+        speedup = (measure or bfloat16_speedup)()
+        measured = (f"the CPU has AVX512-BF16 and a convolution ran {speedup:.2f}x as fast in "
+                    f"bfloat16 as in float32 here")
+        if speedup >= BFLOAT16_MIN_SPEEDUP:
+            return policies["bfloat16"], f"auto: {measured}"
+        return policies["float32"], f"auto: {measured} (bfloat16 needs {BFLOAT16_MIN_SPEEDUP}x)"
+    return policies["float32"], "auto: no GPU, and the CPU has neither AMX-BF16 nor AVX512-BF16"
+
+
+def bfloat16_speedup(repeats: int = 5) -> float:
+    """How many times as fast a 3x3 convolution's forward and backward pass (the bulk of a
+    backbone's step) runs in bfloat16 as in float32 on this CPU: the best of `repeats` timed
+    calls each, after a first one; about half a second."""
+    best = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        images = tf.cast(tf.random.uniform((16, 32, 32, 64)), dtype)
+        kernel = tf.cast(tf.random.uniform((3, 3, 64, 64)), dtype)
+
+        @tf.function
+        def step(images: tf.Tensor, kernel: tf.Tensor) -> list[tf.Tensor]:
+            with tf.GradientTape() as tape:
+                tape.watch([images, kernel])
+                loss = tf.reduce_sum(tf.nn.conv2d(images, kernel, 1, "SAME"))
+            return tape.gradient(loss, [images, kernel])
+
+        step(images, kernel)[0].numpy()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            step(images, kernel)[0].numpy()
+            times.append(time.perf_counter() - started)
+        best[dtype] = min(times)
+    return best[tf.float32] / best[tf.bfloat16]
+
+
+def synchronized_batch_norm(setting: str, replicas: int, workers: int) -> tuple[bool, str]:
+    """Whether BatchNormalization computes its statistics over the global batch in every step
+    (BATCH_NORM_SYNC=step) or each replica over its own batch, the moving statistics averaged
+    before each evaluation and save (save), and why. `auto` synchronizes inside one worker,
+    where the collectives stay on the node, and not across workers, where each of the hundreds
+    per step crosses the network (BENCHMARKS.md: save trained 2.5x as fast as step with two
+    workers even on loopback). One replica has nobody to synchronize with, and Keras'
+    synchronized layers would cost it half as much again per step."""
+    if replicas == 1:
+        return False, "one replica: nothing to synchronize"
+    if setting == "auto":
+        if workers > 1:
+            return False, "auto: several workers, each replica's statistics averaged at saves"
+        return True, "auto: one worker, statistics synchronized across its replicas every step"
+    return setting == "step", f"BATCH_NORM_SYNC={setting}"
 
 
 def _cpu_flags(cpuinfo: str) -> set[str]:

@@ -159,7 +159,10 @@ class Loop:
         def average() -> None:
             context = tf.distribute.get_replica_context()
             for variable in self._own_statistics:
-                variable.assign(context.all_reduce(tf.distribute.ReduceOp.MEAN, variable))
+                # A tensor, not the variable: MultiWorkerMirroredStrategy's all_reduce takes a
+                # variable for a cross-device reduction with no destinations and fails.
+                variable.assign(context.all_reduce(tf.distribute.ReduceOp.MEAN,
+                                                   tf.identity(variable)))
 
         self.strategy.run(average)
 

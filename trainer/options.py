@@ -237,7 +237,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_norm_sync", "BATCH_NORM_SYNC", "With several replicas: step, BatchNorm's "
            "statistics of the global batch at every step (all-reduces inside every step), or "
            "save, each replica's own batch statistics, the moving averages averaged across "
-           "replicas before each evaluation and save.", _choice("step", "save")),
+           "replicas before each evaluation and save; auto is step inside one worker, save "
+           "across several workers.", _choice("auto", "step", "save")),
     Option("export", "EXPORT", "none, or a comma list of " + ", ".join(FORMATS) + ": the "
            "serving exports of the best model at the end of a run, each checked against it.",
            _export),

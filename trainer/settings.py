@@ -66,7 +66,7 @@ class Settings:
     peer_timeout: float = 600.0
     termination_grace_seconds: float = 30.0
     export: str = "savedmodel"
-    batch_norm_sync: Literal["step", "save"] = "step"
+    batch_norm_sync: Literal["auto", "step", "save"] = "auto"
     bad_images: Literal["skip", "fail"] = "skip"
     # Folders a platform gives the run (trainer.platforms), not variables of their own:
     run_dir: str | None = None  # the run's folder itself, in place of ARTIFACT_URI/RUN_ID

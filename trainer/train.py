@@ -30,7 +30,12 @@ from trainer.control import (
 )
 from trainer.data import Dataset, Split
 from trainer.decode_failures import take_decode_failures
-from trainer.distribution import make_strategy, resolve_precision, resolve_xla
+from trainer.distribution import (
+    make_strategy,
+    resolve_precision,
+    resolve_xla,
+    synchronized_batch_norm,
+)
 from trainer.errors import StorageError, Terminated, UploadsUnfinished
 from trainer.finish import evaluator, exporter
 from trainer.inputs import size_inputs
@@ -98,10 +103,11 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     keras.utils.set_random_seed(settings.seed)
     policy, why = resolve_precision(settings.precision)
     keras.mixed_precision.set_global_policy(policy)
+    synchronized, batch_norm_why = synchronized_batch_norm(settings.batch_norm_sync, replicas,
+                                                           workers)
     with strategy.scope():
         model = build_classifier(settings.backbone, settings.pooling, image_size,
-                                 len(dataset.class_names), weights, environ,
-                                 synchronized=settings.batch_norm_sync == "step")
+                                 len(dataset.class_names), weights, environ, synchronized)
         optimizer = keras.optimizers.Adam(PhasedSchedule(settings, steps))
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -113,6 +119,7 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     loop = Loop(strategy, model, optimizer, global_batch, settings.steps_per_call,
                 settings.label_smoothing, xla)
     recipe = {"precision": policy, "precision_reason": why, "xla": xla,
+              "batch_norm_synchronized": synchronized, "batch_norm_reason": batch_norm_why,
               "augmentations": list(settings.augmentations)}
     log.info("training setup", extra={"run_id": settings.run_id, "replicas": replicas,
                                       "global_batch_size": global_batch, **recipe})
