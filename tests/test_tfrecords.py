@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, TINY_JOB, clean_environ, free_ports, json_lines, run_entrypoint
+from conftest import (
+    REPO,
+    TINY_JOB,
+    S3Server,
+    clean_environ,
+    free_ports,
+    json_lines,
+    run_entrypoint,
+)
 
 from trainer.data import load_dataset
 from trainer.errors import DataError
@@ -152,14 +160,22 @@ def test_two_replicas_train_on_tfrecords_with_a_batch_larger_than_the_data(tmp_p
     assert metrics["examples"] == config["validation_examples"]
 
 
-def test_two_workers_each_read_their_own_tfrecord_files(tmp_path: Path) -> None:
-    root = write_records(tmp_path / "records" / "train", list(range(3)) * 16, parts=4)
+def test_two_workers_each_fetch_and_read_their_own_tfrecord_files(tmp_path: Path,
+                                                                   rclone_server: S3Server
+                                                                   ) -> None:
+    """TFRecords in an S3 prefix: each worker fetches and reads 2 of the 4 training files
+    (and every validation file), the counts are shared, and they train as one."""
+    write_records(tmp_path / "records" / "train", list(range(3)) * 16, parts=4)
     write_records(tmp_path / "records" / "val", list(range(3)) * 4, parts=2, seed=1)
+    bucket, client = rclone_server.new_bucket(), rclone_server.client()
+    for path in sorted((tmp_path / "records").rglob("*.tfrecord")):
+        client.upload_file(str(path), bucket, f"data/{path.relative_to(tmp_path / 'records')}")
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = clean_environ(TINY_JOB, DATASET=str(root.parent), RUN_ID="two-workers",
+        env = clean_environ(TINY_JOB, rclone_server.env(), DATASET=f"s3://{bucket}/data",
+                            RUN_ID="two-workers",
                             ARTIFACT_URI=str(tmp_path / "runs"), EPOCHS="1", BATCH_SIZE="8",
                             WORK_DIR=str(tmp_path / f"work-{index}"),
                             TF_CONFIG=json.dumps(tf_config))
@@ -172,6 +188,12 @@ def test_two_workers_each_read_their_own_tfrecord_files(tmp_path: Path) -> None:
     lines = [json_lines(stdout) for stdout, _ in outputs]
     reads = [next(r for r in worker if "tfrecord_files" in r) for worker in lines]
     assert [(r["worker"], r["tfrecord_files"]) for r in reads] == [(0, 2), (1, 2)]
+    caches = [tmp_path / f"work-{index}" / "datasets" / bucket for index in range(2)]
+    fetched = [sorted(str(p.relative_to(cache)) for p in cache.rglob("*.tfrecord"))
+               for cache in caches]
+    val = ["data/val/part-0.tfrecord", "data/val/part-1.tfrecord"]
+    assert fetched == [["data/train/part-0.tfrecord", "data/train/part-2.tfrecord", *val],
+                       ["data/train/part-1.tfrecord", "data/train/part-3.tfrecord", *val]]
     digests = [next(r["weights_sha256"] for r in worker if "weights_sha256" in r)
                for worker in lines]
     assert digests[0] == digests[1]

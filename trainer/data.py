@@ -25,7 +25,7 @@ from trainer.errors import DataError
 from trainer.folders import IMAGE_SUFFIXES, FolderScan, scan_images, typical_side
 from trainer.logs import get_logger
 from trainer.splits import Dataset, Split, random_split
-from trainer.tfrecords import find_records, is_tfrecord_folder
+from trainer.tfrecords import files_to_fetch, find_records, is_tfrecord_folder, write_listing
 
 __all__ = ["Dataset", "Split", "fetch_dataset", "load_dataset"]
 
@@ -57,15 +57,23 @@ def load_dataset(
 
 
 def fetch_dataset(location: str, cache: Path, endpoint_url: str | None,
-                  addressing_style: str) -> str:
+                  addressing_style: str, worker: int = 0, workers: int = 1) -> str:
     """An s3:// dataset (or weights file) fetched into `cache` (kept between calls); other
-    locations as given."""
+    locations as given. Worker `worker` of several fetches only the TFRecord files it reads
+    (trainer.tfrecords.files_to_fetch) and keeps the prefix's listing beside them."""
     if not location.startswith("s3://"):
         return location
-    from trainer.s3 import download_uri  # boto3 only where S3 is used
+    from trainer.s3 import download_uri, list_uri  # boto3 only where S3 is used
 
     get_logger().info(f"fetching {location}")
-    return str(download_uri(location, cache, endpoint_url, addressing_style))
+    if workers <= 1:
+        return str(download_uri(location, cache, endpoint_url, addressing_style))
+    names = list_uri(location, endpoint_url, addressing_style)
+    local = download_uri(location, cache, endpoint_url, addressing_style,
+                         select=files_to_fetch(names, worker, workers))
+    if local.is_dir():
+        write_listing(local, names)
+    return str(local)
 
 
 def _image_folder(root: Path, validation_split: float, seed: int,

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from trainer.cluster import resolve_cluster
 from trainer.data import Dataset, fetch_dataset, load_dataset
 from trainer.formats import check_export_runtimes
 from trainer.logs import get_logger
@@ -34,24 +35,24 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
         log.info("run already finished; nothing to do", extra={"run_id": settings.run_id})
         return
     log.info("starting run", extra={"run_id": settings.run_id, "artifact_uri": store.uri})
-    dataset = load_run_dataset(settings)
+    # The platform's environment: on SageMaker, TF_CONFIG comes from its resourceconfig.json.
+    platform = resolve_platform(os.environ if environ is None else environ)
+    cluster, _ = resolve_cluster(platform.environ)
+    dataset = load_run_dataset(settings, cluster.task_position, cluster.task_count)
     weights = None if settings.weights == "none" else fetch_if_remote(settings, settings.weights,
                                                                      "weights")
     # The TensorFlow boundary (see trainer/__init__.py).
     from trainer.train import train
 
-    # The platform's environment: on SageMaker, TF_CONFIG comes from its resourceconfig.json.
-    platform = resolve_platform(os.environ if environ is None else environ)
     train(settings, store, dataset, weights, platform.environ)
 
 
-def load_run_dataset(settings: Settings) -> Dataset:
-    """DATASET with the run's validation split, fetched first when it is in S3. Broken image
-    files are left out or fail the run here (BAD_IMAGES); TFRecords are only listed (they are
-    counted by trainer.train once the strategy is made)."""
-    # Every worker mirrors the whole prefix (unchanged objects are not fetched again): the
-    # TFRecord shards are chosen from the complete listing, which a worker's part would lack.
-    return load_dataset(fetch_if_remote(settings, settings.dataset, "datasets"),
+def load_run_dataset(settings: Settings, worker: int = 0, workers: int = 1) -> Dataset:
+    """DATASET with the run's validation split, fetched first when it is in S3 (worker
+    `worker` of `workers`: the TFRecord files it reads). Broken image files are left out or
+    fail the run here (BAD_IMAGES); TFRecords are only listed (they are counted by
+    trainer.train once the strategy is made)."""
+    return load_dataset(fetch_if_remote(settings, settings.dataset, "datasets", worker, workers),
                         validation_split=settings.validation_split, seed=settings.seed,
                         mirror=settings.dataset_mirror, bad_images=settings.bad_images)
 
@@ -66,8 +67,9 @@ def finished(store: Store, run_id: str) -> bool:
         return False
 
 
-def fetch_if_remote(settings: Settings, location: str, kind: str) -> str:
+def fetch_if_remote(settings: Settings, location: str, kind: str, worker: int = 0,
+                    workers: int = 1) -> str:
     """An s3:// dataset or weights file, fetched into WORK_DIR/kind (cached); other values as
     given."""
     return fetch_dataset(location, Path(settings.work_dir) / kind, settings.s3_endpoint_url,
-                         settings.s3_addressing_style)
+                         settings.s3_addressing_style, worker, workers)

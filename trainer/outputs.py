@@ -48,6 +48,7 @@ Export = Callable[[Path, Path], dict[str, dict[str, Any]]]  # (best.h5, folder) 
 
 class Outputs(Protocol):
     def start(self, config: dict[str, Any], dataset: Dataset) -> None: ...
+    def found_bad_images(self, names: list[str]) -> None: ...
     def track(self, tracker: Tracker | None, state: LoopState) -> None: ...
     def resumed(self, state: LoopState, model: keras.Model) -> LoopState: ...
     def epoch_done(self, state: LoopState, improved: bool, model: keras.Model,
@@ -72,6 +73,7 @@ class ChiefOutputs:
         self.scalars = scalars
         self.best_sha256: str | None = None  # of best.h5 as last saved or adopted
         self.tracker: Tracker | None = None
+        self.config: dict[str, Any] = {}  # config.json as last written
 
     def track(self, tracker: Tracker | None, state: LoopState) -> None:
         """MLflow, when it is set up: the epochs a restarted run had before that MLflow lacks
@@ -81,6 +83,7 @@ class ChiefOutputs:
             tracker.log_history(state.history)
 
     def start(self, config: dict[str, Any], dataset: Dataset) -> None:
+        self.config = config
         self.artifacts.write_json("config.json", config)
         split = dataset.train
         assert isinstance(split, Split), "TFRecords: pass trainer.pipeline.preview(dataset)"
@@ -88,6 +91,14 @@ class ChiefOutputs:
         names = [dataset.class_names[split.labels[i]] for i in chosen]
         save_samples(pixels(split, chosen), names, self.artifacts.path("samples.png"))
         self.artifacts.publish("samples.png")
+
+    def found_bad_images(self, names: list[str]) -> None:
+        """Images that failed to decode only during training, added to config.json's list."""
+        if names:
+            listed = self.config.get("bad_images", [])
+            self.config = {**self.config, "bad_images": [
+                *listed, *(f"{name} (failed to decode)" for name in names)]}
+            self.artifacts.write_json("config.json", self.config)
 
     def resumed(self, state: LoopState, model: keras.Model) -> LoopState:
         """After a restart: history from the state, and best.h5 again if the restored model is
@@ -234,6 +245,9 @@ class WorkerOutputs:
     """A worker other than the chief: it trains, and writes nothing."""
 
     def start(self, config: dict[str, Any], dataset: Dataset) -> None:
+        pass
+
+    def found_bad_images(self, names: list[str]) -> None:
         pass
 
     def track(self, tracker: Tracker | None, state: LoopState) -> None:

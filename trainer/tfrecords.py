@@ -25,6 +25,7 @@ every worker and in `trainer evaluate` with that seed, whatever the order or num
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -32,6 +33,7 @@ from typing import Literal
 
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
 CLASSES_FILE = "classes.txt"
+LISTING_FILE = ".s3-listing.json"  # hidden: image folder scans leave it out
 
 
 @dataclass(frozen=True)
@@ -64,22 +66,46 @@ def is_tfrecord(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in TFRECORD_SUFFIXES and not name.startswith(".")
 
 
-def tfrecord_files(folder: Path) -> list[Path]:
+def tfrecord_files(folder: Path, listing: Sequence[str] | None = None) -> list[Path]:
+    """The TFRecord files directly in `folder`; with the `listing` of the dataset's S3 prefix
+    (see `write_listing`), the files it names there, fetched or not."""
+    if listing is not None:
+        root = folder.parent if folder.name in ("train", "val", "test") else folder
+        sub = "" if folder == root else folder.name + "/"
+        return sorted(root / name for name in listing if name.startswith(sub)
+                      and "/" not in name[len(sub):] and is_tfrecord(name[len(sub):]))
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and is_tfrecord(p.name))
 
 
+def write_listing(root: Path, names: Sequence[str]) -> None:
+    """Keep, in the folder of an S3 prefix that a worker fetched only its share of (see
+    `files_to_fetch`), the names of every object under the prefix: every worker lists and
+    shards the same files from it, those it did not fetch included."""
+    (root / LISTING_FILE).write_text(json.dumps(sorted(names)))
+
+
+def _listing(root: Path) -> list[str] | None:
+    try:
+        return list(json.loads((root / LISTING_FILE).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
 def is_tfrecord_folder(root: Path) -> bool:
-    return bool(tfrecord_files(root) or tfrecord_files(root / "train"))
+    listing = _listing(root)
+    return bool(tfrecord_files(root, listing) or tfrecord_files(root / "train", listing))
 
 
 def find_records(root: Path, validation_split: float, seed: int
                  ) -> tuple[Records, Records, tuple[str, ...]]:
     """The train and validation splits of a TFRecord folder, and the names in classes.txt
     (none when it has no classes.txt: `count_records` numbers the classes then)."""
-    train_files = tfrecord_files(root / "train") or tfrecord_files(root)
-    val_files = tfrecord_files(root / "val") or tfrecord_files(root / "test")
+    listing = _listing(root)
+    train_files = tfrecord_files(root / "train", listing) or tfrecord_files(root, listing)
+    val_files = (tfrecord_files(root / "val", listing)
+                 or tfrecord_files(root / "test", listing))
     names_file = root / CLASSES_FILE
     names = tuple(n.strip() for n in names_file.read_text().splitlines()
                   if n.strip()) if names_file.is_file() else ()
@@ -109,8 +135,8 @@ def files_to_fetch(names: Sequence[str], worker: int, workers: int) -> Callable[
     training file when the validation split is held out of them, as it evaluates the best
     model on all of it at the end. Anything else (an image folder, an .npz) is fetched whole.
 
-    For trainer.s3.download_uri's `select` (the prefix listed first with list_uri); not used
-    by the job yet, which mirrors the whole prefix (trainer.job.load_run_dataset).
+    For trainer.s3.download_uri's `select` (the prefix listed first with list_uri), as
+    trainer.data.fetch_dataset does for a worker of several.
     """
     top = [n for n in names if "/" not in n and is_tfrecord(n)]
     train = sorted(n for n in names if n.startswith("train/") and is_tfrecord(n.split("/", 1)[1]))

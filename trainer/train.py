@@ -223,7 +223,8 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
         val_loss, val_accuracy = (math.nan, math.nan) if metrics.diverged else loop.evaluate(
             evaluation_fn, eval_steps)
         # Images that failed to decode only now (those found at the start are left out).
-        apply_bad_images_policy(take_decode_failures(), settings.bad_images, settings.run_id)
+        run.outputs.found_bad_images(apply_bad_images_policy(
+            take_decode_failures(), settings.bad_images, settings.run_id))
         totals = metrics.totals
         row: HistoryRow = {
             "epoch": epoch, "loss": totals.loss, "accuracy": totals.accuracy,
