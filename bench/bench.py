@@ -1,7 +1,7 @@
 """Benchmarks, written to BENCHMARKS.md: each figure a ratio of two things measured side by side
 in this one invocation, on this machine.
 
-    make bench                 # or: .venv/bin/python bench/bench.py   (about 25 min on 2 cores)
+    make bench                 # or: .venv/bin/python bench/bench.py   (about 17 min on 2 cores)
     .venv/bin/python bench/bench.py --only race,startup    # some sections, for development
     .venv/bin/python bench/bench.py --render results.json  # BENCHMARKS.md again from a run
 
