@@ -68,7 +68,7 @@ flops = rate * 3 * 2 * forward_macs(model)
 peak = os.environ.get("PEAK")
 mfu = f"{flops / (float(peak) * 1e12):.1%}" if peak else "set PEAK_TFLOPS"
 print(f"| {os.environ['GPU_NAME']} | {gpus} | {per_gpu} | {'on' if xla else 'off'} "
-      f"| {os.environ['SYNC']} | {rate:.0f} | {flops / 1e12:.0f} | {mfu} |", flush=True)
+      f"| {os.environ['SYNC'] if gpus > 1 else 'none (one replica)'} | {rate:.0f} | {flops / 1e12:.0f} | {mfu} |", flush=True)
 PY
 }
 

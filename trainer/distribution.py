@@ -45,7 +45,7 @@ def make_strategy(
 
 
 # bfloat16 on CPUs with AVX512-BF16 but no AMX measured both ways on machines reporting the
-# same flags (VGG16 on digits: 1.5x slower one day, 1.6x faster another), so auto measures it.
+# same flags (VGG16 on digits: 1.5x slower one day, 1.5x faster another), so auto measures it.
 BFLOAT16_MIN_SPEEDUP = 1.2
 
 
@@ -111,7 +111,7 @@ def synchronized_batch_norm(setting: str, replicas: int, workers: int) -> tuple[
     (BATCH_NORM_SYNC=step) or each replica over its own batch, the moving statistics averaged
     before each evaluation and save (save), and why. `auto` synchronizes inside one worker,
     where the collectives stay on the node, and not across workers, where each of the hundreds
-    per step crosses the network (BENCHMARKS.md: save trained 2.5x as fast as step with two
+    per step crosses the network (BENCHMARKS.md: save trained 2.2x as fast as step with two
     workers even on loopback). One replica has nobody to synchronize with, and Keras'
     synchronized layers would cost it half as much again per step."""
     if replicas == 1:

@@ -167,15 +167,16 @@ def check(kind: str, path: Path, data: dict[str, np.ndarray]) -> dict[str, float
     return differences
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> None:
+    """The check process: its differences as one JSON line on stdout. Anything that fails
+    (the export does not load, a runtime is missing) fails the process, and trainer.export
+    reports the last line of its stderr."""
     if len(argv) != 4 or argv[0] != "check" or argv[1] not in FORMATS:
-        print("usage: python -m trainer.serving check FORMAT PATH DATA.npz", file=sys.stderr)
-        return 2
+        raise ValueError("usage: python -m trainer.serving check FORMAT PATH DATA.npz")
     with np.load(argv[3]) as npz:
         data = {name: npz[name] for name in npz.files}
     print(json.dumps(check(argv[1], Path(argv[2]), data)))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

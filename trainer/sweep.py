@@ -49,8 +49,6 @@ from trainer.storage import open_store
 GRID_VARIABLE = "SWEEP_GRID"
 NAME_VARIABLE = "SWEEP_NAME"
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
-# The child runs exactly what `trainer train` runs.
-TRAIN_COMMAND = "import sys; from trainer.cli import main; sys.exit(main(['train']))"
 STOPPED = (130, 143)
 
 
@@ -238,7 +236,8 @@ def run_sweep(grid_path: str | Path, name: str | None,
                 continue
             log.info(f"sweep {sweep}: run {index + 1}/{len(plan)}: {run_id} ({described})",
                      extra={"sweep": sweep, "run_id": run_id, "index": index})
-            child[:] = [subprocess.Popen([sys.executable, "-c", TRAIN_COMMAND], env=env)]
+            # `trainer train` itself, under this interpreter (trainer/__main__.py).
+            child[:] = [subprocess.Popen([sys.executable, "-m", "trainer", "train"], env=env)]
             code = child[0].wait()
             child.clear()
             outcomes.append(Outcome(run_id, code))
