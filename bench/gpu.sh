@@ -16,7 +16,7 @@
 # On one GPU BatchNorm is never synchronized (as in the job); on all GPUs this script uses
 # BATCH_NORM_SYNC=save (each GPU's own statistics, averaged at evaluation and save), not the
 # job's one-node default `step`: synchronized BatchNorm all-reduces inside the forward pass,
-# which an XLA cluster cannot contain (trainer/distribution.py keeps XLA off then).
+# which an XLA cluster cannot contain (trainer/cluster/distribution.py keeps XLA off then).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -43,9 +43,9 @@ import os, sys, time
 import keras, tensorflow as tf
 sys.path.insert(0, "bench")
 from flops import forward_macs
-from trainer.distribution import make_strategy
+from trainer.cluster.distribution import make_strategy
 from trainer.loop import Loop
-from trainer.model import build_model
+from trainer.models.classifier import build_model
 
 if not tf.config.list_physical_devices("GPU"):
     sys.exit("gpu.sh: TensorFlow sees no GPU: install its GPU build (tensorflow[and-cuda])")

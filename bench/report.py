@@ -392,7 +392,7 @@ steps spend is the model's own forward and backward pass."""
         slower = bn["synchronized"] / bn["own"] - 1
         text += (f" On one device, synchronized BatchNorm layers cost {slower:+.1%} per step "
                  "with nobody to synchronize with: the job builds them synchronized only with "
-                 "several replicas (trainer.distribution.synchronized_batch_norm).")
+                 "several replicas (trainer.cluster.distribution.synchronized_batch_norm).")
     return text
 
 
@@ -430,7 +430,7 @@ def _upload(results: R) -> str:
 The race's job (section 1) into a local folder, then into `rclone serve s3` and `moto_server`
 on loopback, then into the local folder again (local, rclone, moto, local). Each epoch hands
 best.h5 (when it improves), the resume state (model and Adam slots) and the history to the
-background uploader, which freezes each file as a hard-link snapshot (trainer/uploader.py) and
+background uploader, which freezes each file as a hard-link snapshot (trainer/store/uploader.py) and
 uploads it while training goes on; the run ends once everything is stored. Ratios (in
 brackets) are S3 over the mean of the two local runs.
 
@@ -523,7 +523,7 @@ across workers once before each evaluation and save (trainer/loop.py).
     text += f"""
 
 **Default.** `BATCH_NORM_SYNC=auto`, the default, is `save` across workers and `step` inside
-one worker (trainer.distribution.synchronized_batch_norm); these numbers support `{better}`
+one worker (trainer.cluster.distribution.synchronized_batch_norm); these numbers support `{better}`
 across workers"""
     if better == "save":
         text += (f": it is {speed:.2f}x faster on loopback, where a collective is cheapest, "
@@ -549,8 +549,9 @@ def _export(results: R) -> str:
             for kind, r in e["formats"].items()]
     return f"""## 6. Export time per format
 
-`trainer.export.export_model` of the race job's best.h5 (VGG16 at 32x32, {e['model_megabytes']:.0f}
-MB), one format per call (`bench/speed.py export`), with 64 validation images as references.
+`trainer.serving.export.export_model` of the race job's best.h5 (VGG16 at 32x32,
+{e['model_megabytes']:.0f} MB), one format per call (`bench/speed.py export`), with 64 validation
+images as references.
 Writing includes rebuilding the serving model (uint8 input, resize and preprocessing inside);
 the check loads the export with its own runtime in a fresh process and compares it with
 best.h5.
@@ -564,7 +565,7 @@ def _prefix(results: R) -> str:
     return f"""## 7. An S3 prefix of {p['objects']:,} small objects
 
 `bench/s3_prefix.py` `measure("{p['server']}")`: {p['objects']:,} objects of
-{p['object_bytes']:,} bytes mirrored by `trainer.s3.download_uri` into an empty cache one at a
+{p['object_bytes']:,} bytes mirrored by `trainer.store.s3.download_uri` into an empty cache one at a
 time against {p['concurrency']} at a time, directly on loopback and through a proxy that adds
 {p['latency'] * 1000:.0f} ms before each response (as a distant store does).
 
@@ -611,7 +612,8 @@ the same job with the other precision.
     agrees = (speed >= 1.2) == (chosen == "mixed_bfloat16")
     text += ("`PRECISION=auto` picks bfloat16 on a CPU with AMX-BF16, or with AVX512-BF16 where "
              "a half-second convolution test at start finds bfloat16 at least 1.2x as fast "
-             f"(trainer.distribution.resolve_precision); it chose `{chosen}`, and the whole "
+             f"(trainer.cluster.distribution.resolve_precision); it chose `{chosen}`, "
+             "and the whole "
              f"job {'agrees' if agrees else 'disagrees'}.")
     if chosen == "mixed_bfloat16":
         text += (f" Best val_accuracy {_best(bf16):.3f} in bfloat16 against {_best(f32):.3f} "
@@ -704,7 +706,7 @@ FLOPs); paste its table here.
   (three
   all-reduces per layer forward, two backward), each latency-bound (tens of microseconds
   through NCCL and TensorFlow's collective ops): some 3-10 ms per step, 5-20% of it, on the
-  critical path; and it keeps XLA off (trainer/distribution.py). With `BATCH_NORM_SYNC=save`
+  critical path; and it keeps XLA off (trainer/cluster/distribution.py). With `BATCH_NORM_SYNC=save`
   and `XLA=on`, 8 H200s at {goal:,} images/s each should give about {node:,.0f} images/s;
   NVIDIA's 8-GPU A100 figure
   (17,400, 7.3x one GPU) shows the same kind of scaling with data loading included.

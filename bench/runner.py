@@ -203,7 +203,7 @@ class S3Server:
                 time.sleep(0.1)
         import boto3
 
-        from trainer.s3 import client_config
+        from trainer.store.s3 import client_config
 
         boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_KEY,
                      aws_secret_access_key=S3_SECRET, region_name="us-east-1",

@@ -4,8 +4,9 @@
     .venv/bin/python bench/s3_prefix.py rclone     # or moto
 
 Starts a real S3 server on loopback (`rclone serve s3` or `moto_server`), uploads the objects,
-then times `trainer.s3.download_uri` into empty caches: with `concurrency=1` (one at a time), with
-the default concurrency, and a second call that finds everything cached (listing and stat only).
+then times `trainer.store.s3.download_uri` into empty caches: with `concurrency=1` (one at a
+time), with the default concurrency, and a second call that finds everything cached (listing and
+stat only).
 On loopback a request costs CPU, not waiting, and client and server share the 2 cores; so the
 same is measured again through tests/faults.py's proxy (a process of its own) adding `latency`
 seconds before each response, as a distant object store does. `bench/bench.py` can call
@@ -28,8 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trainer.s3 import client_config, download_uri  # noqa: E402 - after the path above
-from trainer.s3_mirror import MIRROR_CONCURRENCY  # noqa: E402
+from trainer.store.mirror import MIRROR_CONCURRENCY  # noqa: E402
+from trainer.store.s3 import client_config, download_uri  # noqa: E402 - after the path above
 
 KEY, SECRET = "bench-key", "bench-secret"
 

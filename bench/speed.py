@@ -14,8 +14,8 @@ and its host sync), seconds per step with STEPS_PER_CALL 1 and 10, one evaluatio
 validation split, how often the train function was traced over epochs; and what this CPU's
 matrix multiply reaches in float32 and bfloat16.
 `batchnorm`: seconds per step on one device with BatchNormalization synchronized and not.
-`export`: trainer.export.export_model of MODEL_H5 one format at a time: seconds to write each
-and to check it in a fresh process.
+`export`: trainer.serving.export.export_model of MODEL_H5 one format at a time: seconds to write
+each and to check it in a fresh process.
 `flops`: multiply-adds of one forward pass, counted layer by layer (bench/flops.py).
 """
 
@@ -34,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flops import forward_macs  # noqa: E402 - bench/ on the path above
 
-from trainer.data import load_dataset  # noqa: E402
-from trainer.loop import Loop  # noqa: E402
-from trainer.model import build_model, preprocess_function  # noqa: E402
-from trainer.pipeline import (  # noqa: E402
+from trainer.data.load import load_dataset  # noqa: E402
+from trainer.data.pipeline import (  # noqa: E402
     batch_preprocessor,
     evaluation_input,
     evaluation_steps,
     training_input,
 )
+from trainer.loop import Loop  # noqa: E402
+from trainer.models.classifier import build_model, preprocess_function  # noqa: E402
 
 ROUNDS = 3
 
@@ -177,7 +177,7 @@ def _matmul_gflops(side: int = 2048, repeats: int = 10) -> dict:
 
 
 def export(model_h5: str, out_dir: str) -> dict:
-    from trainer.export import export_model
+    from trainer.serving.export import export_model
 
     reference = load_dataset("digits", validation_split=0.1, seed=0).val.images[:64]
     results = {}

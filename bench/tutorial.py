@@ -32,7 +32,8 @@ def say(event: str, **fields: object) -> None:
 
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_val, y_val) as float32 arrays ready for VGG16: the job's split
-    (trainer.splits.random_split) and its preprocessing (gray to RGB, bilinear resize, caffe)."""
+    (trainer.data.splits.random_split) and its preprocessing (gray to RGB, bilinear resize,
+    caffe)."""
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     order = np.random.default_rng(SEED).permutation(len(images))

@@ -266,7 +266,7 @@ class S3Server:
     def client(self, secret: str = S3_SECRET):
         import boto3
 
-        from trainer.s3 import client_config
+        from trainer.store.s3 import client_config
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_KEY,
                             aws_secret_access_key=secret, region_name="us-east-1",
@@ -419,7 +419,7 @@ def score_model(model: Path, npz: Path, validation_split: float = 0.25) -> dict:
     import keras
     import tensorflow as tf
 
-    from trainer.data import load_dataset
+    from trainer.data.load import load_dataset
 
     loaded = keras.models.load_model(model, compile=False)
     data = load_dataset(str(npz), validation_split=validation_split, seed=0)

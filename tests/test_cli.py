@@ -109,7 +109,7 @@ def test_predict_names_the_right_class_with_every_kind_of_model(finished_run: di
     SavedModel and the ONNX file: the same, right class names."""
     from PIL import Image
 
-    from trainer.data import load_dataset
+    from trainer.data.load import load_dataset
 
     val = load_dataset(str(finished_run["npz"]), validation_split=0.25, seed=0).val
     paths = []

@@ -25,7 +25,7 @@ skipped):
   credentials file lies in a mounted Secret volume;
 - RUN_ID (and JOB_NAME) from the workload's name through the downward API;
 - multi-node (Indexed Job, JobSet, TrainJob): each pod's environment, built as Kubernetes, JobSet
-  and Kubeflow Trainer build it, resolved through load_settings and trainer.cluster.
+  and Kubeflow Trainer build it, resolved through load_settings and trainer.cluster.specs.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import yaml
 from conftest import missing_tool, unless_ci
 
 # No TensorFlow in these.
-from trainer.cluster import resolve_cluster, tf_config_from_indexed_job
+from trainer.cluster.specs import resolve_cluster, tf_config_from_indexed_job
 from trainer.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]

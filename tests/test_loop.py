@@ -15,11 +15,11 @@ from conftest import clean_environ
 TWO_REPLICAS = """
 import json
 import numpy as np, tensorflow as tf, keras
-from trainer.distribution import make_strategy
-from trainer.model import build_model, preprocess_function
-from trainer.data import Split
+from trainer.cluster.distribution import make_strategy
+from trainer.models.classifier import build_model, preprocess_function
+from trainer.data.load import Split
 from trainer.loop import Loop
-from trainer.pipeline import batch_preprocessor, evaluation_input, training_input
+from trainer.data.pipeline import batch_preprocessor, evaluation_input, training_input
 
 def differing(model, names):
     return [v.path for v in model.variables if any(n in v.path for n in names)

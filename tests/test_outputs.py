@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainer.artifacts import run_files
-from trainer.data import load_dataset
+from trainer.data.load import load_dataset
 from trainer.outputs import ChiefOutputs
-from trainer.scalars import ScalarLog
 from trainer.settings import load_settings
-from trainer.storage import open_store
+from trainer.store.artifacts import run_files
+from trainer.store.stores import open_store
+from trainer.tracking.scalars import ScalarLog
 
 
 def test_images_that_fail_to_decode_during_training_join_config_json(tiny_npz: Path,

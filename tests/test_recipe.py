@@ -19,10 +19,10 @@ def _train_steps(model, steps: int = 3) -> tuple:
     import keras
     import tensorflow as tf
 
-    from trainer.data import Split
+    from trainer.data.load import Split
+    from trainer.data.pipeline import batch_preprocessor, training_input
     from trainer.loop import Loop
-    from trainer.model import preprocess_function
-    from trainer.pipeline import batch_preprocessor, training_input
+    from trainer.models.classifier import preprocess_function
 
     optimizer = keras.optimizers.Adam(1e-2)
     set_trainable(model, phases(load_settings({}))[0], None)  # every layer, as the job builds it
@@ -42,7 +42,7 @@ def _values(model) -> dict[str, np.ndarray]:
 def mobilenet():
     import keras
 
-    from trainer.model import build_model
+    from trainer.models.classifier import build_model
 
     keras.utils.set_random_seed(0)
     return build_model("MobileNetV2", "avg", 32, 3, None)

@@ -21,10 +21,10 @@ from conftest import (
     run_entrypoint,
 )
 
-from trainer.artifacts import RunArtifacts
 from trainer.errors import ConfigError
 from trainer.state import LoopState, check_fingerprint
-from trainer.storage import LocalStore
+from trainer.store.artifacts import RunArtifacts
+from trainer.store.stores import LocalStore
 
 # One worker runs the tests of the MLflow server (one server per worker).
 pytestmark = pytest.mark.xdist_group("mlflow")

@@ -20,19 +20,19 @@ from pathlib import Path
 import pytest
 from conftest import clean_environ, unless_ci
 
-from trainer.cluster import tf_config_from_indexed_job
+from trainer.cluster.specs import tf_config_from_indexed_job
 from trainer.errors import ConfigError
-from trainer.report import format_value
-from trainer.settings import load_settings
-from trainer.storage import LocalStore
-from trainer.sweep import Grid, load_grid, parse_grid, sweep_environ
-from trainer.sweep_report import (
+from trainer.reports.run_page import format_value
+from trainer.reports.sweep_page import (
     SweepRun,
     build_sweep_page,
     collect_runs,
     sweep_lines,
     varying_settings,
 )
+from trainer.settings import load_settings
+from trainer.store.stores import LocalStore
+from trainer.sweep import Grid, load_grid, parse_grid, sweep_environ
 
 # One worker runs this module: its sweep (two trainings) is made once.
 pytestmark = pytest.mark.xdist_group("sweep")

@@ -12,7 +12,7 @@ from conftest import TINY_JOB, clean_environ, run_entrypoint
 
 from trainer.control import out_of_memory_is_a_setting
 from trainer.errors import ConfigError
-from trainer.model import build_model
+from trainer.models.classifier import build_model
 from trainer.settings import load_settings
 
 
@@ -57,7 +57,7 @@ def test_out_of_device_memory_names_the_sizes_to_lower() -> None:
 
 
 def test_precision_auto_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path: Path) -> None:
-    from trainer.distribution import resolve_precision
+    from trainer.cluster.distribution import resolve_precision
 
     def cpu(flags: str) -> str:
         (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
@@ -78,14 +78,14 @@ def test_precision_auto_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path
 
 
 def test_the_bfloat16_measurement_times_both_precisions() -> None:
-    from trainer.distribution import bfloat16_speedup
+    from trainer.cluster.distribution import bfloat16_speedup
 
     # Whatever this CPU is, both passes ran and took time: a ratio, neither 0 nor infinite.
     assert 0.01 < bfloat16_speedup(repeats=2) < 100
 
 
 def test_batch_norm_synchronizes_inside_a_worker_and_not_across_workers() -> None:
-    from trainer.distribution import synchronized_batch_norm
+    from trainer.cluster.distribution import synchronized_batch_norm
 
     assert synchronized_batch_norm("auto", replicas=1, workers=1)[0] is False
     assert synchronized_batch_norm("step", replicas=1, workers=1)[0] is False

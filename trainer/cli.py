@@ -24,18 +24,18 @@ from typing import Any, TypeVar
 
 import click
 
-from trainer.data import fetch_dataset
+from trainer.cluster.platforms import failure_file
+from trainer.data.load import fetch_dataset
 from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError
-from trainer.formats import check_export_runtimes, parse_formats
 from trainer.job import run_job
 from trainer.logs import setup_logging
-from trainer.platforms import failure_file
 from trainer.redaction import redact
+from trainer.reports.sweep_page import collect_runs, sweep_lines, write_sweep_report
 from trainer.runs import fetch_run, list_runs, rebuild_report, resolve_model
+from trainer.serving.formats import check_export_runtimes, parse_formats
 from trainer.settings import OPTIONS, check_run_id, default_of, load_settings
-from trainer.storage import Store, open_store
+from trainer.store.stores import Store, open_store
 from trainer.sweep import check_name, run_sweep, sweep_environ
-from trainer.sweep_report import collect_runs, sweep_lines, write_sweep_report
 
 TERMINATION_LOG = "/dev/termination-log"
 OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
@@ -136,7 +136,7 @@ def fetch(run_id: str, destination: str, **options: Any) -> None:
 def predict(model: str, images: tuple[str, ...], top: int, **options: Any) -> None:
     """Top classes of IMAGES, by class name; MODEL is a run id, an .h5 path, an exported
     SavedModel folder or an ONNX file."""
-    from trainer.predict import predict_images  # TensorFlow
+    from trainer.serving.predict import predict_images  # TensorFlow
 
     path = resolve_model(model, _store(options))
     for image, ranked in predict_images(path, [Path(i) for i in images], top):
@@ -162,7 +162,7 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
              seed: int, dataset_mirror: str | None, bad_images: Any, work_dir: str,
              **options: Any) -> None:
     """Metrics and pictures of MODEL (a run id or an .h5) on DATASET (anything DATASET takes)."""
-    from trainer.evaluation import evaluate_model  # TensorFlow
+    from trainer.reports.evaluation import evaluate_model  # TensorFlow
 
     endpoint, style = options["s3_endpoint_url"], options["s3_addressing_style"]
     path = resolve_model(model, _store(options))
@@ -184,7 +184,7 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
 def export_command(model: str, formats: str, destination: str | None, **options: Any) -> int:
     """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
     differs)."""
-    from trainer.export import export_model  # TensorFlow
+    from trainer.serving.export import export_model  # TensorFlow
 
     chosen = parse_formats(formats, "--format")
     check_export_runtimes(chosen)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import tensorflow as tf
 
-from trainer.cluster import Cluster
+from trainer.cluster.specs import Cluster
 from trainer.errors import ConfigError, TransientError
 from trainer.logs import get_logger
 from trainer.settings import Settings

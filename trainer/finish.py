@@ -1,6 +1,6 @@
 """What the chief makes of the saved best.h5 at the end of a run: its evaluation on the
-validation split (trainer.evaluation) and its serving exports (trainer.export), as callables
-that trainer.outputs runs in its order."""
+validation split (trainer.reports.evaluation) and its serving exports
+(trainer.serving.export), as callables that trainer.outputs runs in its order."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer.data import Dataset
-from trainer.evaluation import evaluate
-from trainer.export import export_model
-from trainer.pipeline import first_images
+from trainer.data.load import Dataset
+from trainer.data.pipeline import first_images
+from trainer.reports.evaluation import evaluate
+from trainer.serving.export import export_model
 from trainer.settings import Settings
 
 REFERENCE_IMAGES = 64

@@ -15,13 +15,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from trainer.cluster import resolve_cluster
-from trainer.data import Dataset, fetch_dataset, load_dataset
-from trainer.formats import check_export_runtimes
+from trainer.cluster.platforms import resolve_platform
+from trainer.cluster.specs import resolve_cluster
+from trainer.data.load import Dataset, fetch_dataset, load_dataset
 from trainer.logs import get_logger
-from trainer.platforms import resolve_platform
+from trainer.serving.formats import check_export_runtimes
 from trainer.settings import Settings
-from trainer.storage import Store, key_in, open_store
+from trainer.store.stores import Store, key_in, open_store
 
 
 def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> None:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.backbones import NOT_HDF5_LOADABLE, canonical_name
 from trainer.errors import ConfigError
-from trainer.formats import FORMATS, parse_formats
+from trainer.models.backbones import NOT_HDF5_LOADABLE, canonical_name
+from trainer.serving.formats import FORMATS, parse_formats
 
 BUILTIN_DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
 MONITOR_NAMES = ("val_accuracy", "val_loss", "accuracy", "loss")

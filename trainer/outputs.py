@@ -23,23 +23,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from trainer.artifacts import EVALUATION_FILES, HistoryRow, RunArtifacts
+from trainer.data.splits import Dataset, Split, pixels
 from trainer.errors import TrainerError
-from trainer.files import sha256_of, write_atomic
 from trainer.logs import get_logger
-from trainer.plots import save_curves, save_samples
-from trainer.report import build_report
+from trainer.reports.plots import save_curves, save_samples
+from trainer.reports.run_page import build_report
 from trainer.settings import Settings
-from trainer.splits import Dataset, Split, pixels
 from trainer.state import LoopState, save_state
-from trainer.tracking import Tracker
+from trainer.store.artifacts import EVALUATION_FILES, HistoryRow, RunArtifacts
+from trainer.store.files import sha256_of, write_atomic
+from trainer.tracking.mlflow_run import Tracker
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
     from trainer.control import StopRequest
-    from trainer.scalars import ScalarLog
+    from trainer.tracking.scalars import ScalarLog
 
 SAMPLES_SHOWN = 32
 Evaluate = Callable[[Path, Path], dict[str, Any]]  # (best.h5, folder) -> metrics.json content
@@ -86,7 +86,7 @@ class ChiefOutputs:
         self.config = config
         self.artifacts.write_json("config.json", config)
         split = dataset.train
-        assert isinstance(split, Split), "TFRecords: pass trainer.pipeline.preview(dataset)"
+        assert isinstance(split, Split), "TFRecords: pass trainer.data.pipeline.preview(dataset)"
         chosen = np.random.default_rng(0).permutation(len(split))[:SAMPLES_SHOWN]
         names = [dataset.class_names[split.labels[i]] for i in chosen]
         save_samples(pixels(split, chosen), names, self.artifacts.path("samples.png"))

@@ -6,12 +6,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from trainer.artifacts import EVALUATION_FILES
 from trainer.errors import DataError, StorageError
-from trainer.files import sha256_of, write_atomic
-from trainer.report import PICTURES, build_report
-from trainer.serving import saved_model_version
-from trainer.storage import Store
+from trainer.reports.run_page import PICTURES, build_report
+from trainer.serving.runtimes import saved_model_version
+from trainer.store.artifacts import EVALUATION_FILES
+from trainer.store.files import sha256_of, write_atomic
+from trainer.store.stores import Store
 
 FETCHED = ("best.h5", "config.json", "history.json", "manifest.json")
 OPTIONAL_FETCHED = (*EVALUATION_FILES, "report.html", "curves.png", "samples.png", "history.csv")

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.backbones import MIN_IMAGE_SIZE
+from trainer.cluster.platforms import resolve_platform
 from trainer.errors import ConfigError
+from trainer.models.backbones import MIN_IMAGE_SIZE
 from trainer.options import OPTIONS, Option, check_run_id
-from trainer.platforms import resolve_platform
 from trainer.redaction import redact
 
 MONITORS: dict[str, Literal["max", "min"]] = {"val_accuracy": "max", "val_loss": "min",
@@ -68,7 +68,7 @@ class Settings:
     export: str = "savedmodel"
     batch_norm_sync: Literal["auto", "step", "save"] = "auto"
     bad_images: Literal["skip", "fail"] = "skip"
-    # Folders a platform gives the run (trainer.platforms), not variables of their own:
+    # Folders a platform gives the run (trainer.cluster.platforms), not variables of their own:
     run_dir: str | None = None  # the run's folder itself, in place of ARTIFACT_URI/RUN_ID
     state_dir: str | None = None  # the resume state's folder, in place of the run's state/
     tensorboard_dir: str | None = None  # TensorBoard's event files, in place of tensorboard/
@@ -122,7 +122,7 @@ def load_settings(
     environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None
 ) -> Settings:
     """Resolve every option (flag, then variable, then default) and validate them together.
-    On SageMaker and Vertex AI the platform's layout comes first (trainer.platforms): its
+    On SageMaker and Vertex AI the platform's layout comes first (trainer.cluster.platforms): its
     hyperparameters rank between the flags and the variables."""
     flags = flags or {}
     platform = resolve_platform(environ)

@@ -10,7 +10,7 @@ The invariant, kept by construction: from the first stored state on, the store a
 complete state that the stored pointer lists. A state's files are uploaded before the pointer
 that lists them (the uploader keeps submission order, and a pointer submitted again moves behind
 the files submitted before it), and they are deleted only once no upload is pending, that is
-after the newest pointer, which no longer lists them, is stored (trainer/uploader.py).
+after the newest pointer, which no longer lists them, is stored (trainer/store/uploader.py).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from trainer.artifacts import HistoryRow, RunArtifacts
 from trainer.errors import ConfigError
-from trainer.files import sha256_of, write_atomic
-from trainer.keys import local_path
 from trainer.logs import get_logger
 from trainer.settings import Settings
-from trainer.storage import Store, key_in
+from trainer.store.artifacts import HistoryRow, RunArtifacts
+from trainer.store.files import sha256_of, write_atomic
+from trainer.store.keys import local_path
+from trainer.store.stores import Store, key_in
 
 if TYPE_CHECKING:
     import tensorflow as tf

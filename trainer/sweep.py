@@ -44,7 +44,7 @@ import yaml
 from trainer.errors import ConfigError, Terminated, TrainerError
 from trainer.logs import get_logger
 from trainer.settings import OPTIONS, load_settings
-from trainer.storage import open_store
+from trainer.store.stores import open_store
 
 GRID_VARIABLE = "SWEEP_GRID"
 NAME_VARIABLE = "SWEEP_NAME"

@@ -18,9 +18,13 @@ import keras
 import numpy
 import tensorflow as tf
 
-from trainer.artifacts import HistoryRow, run_files, state_place
-from trainer.bad_images import apply_bad_images_policy
-from trainer.cluster import Cluster
+from trainer.cluster.distribution import (
+    make_strategy,
+    resolve_precision,
+    resolve_xla,
+    synchronized_batch_norm,
+)
+from trainer.cluster.specs import Cluster
 from trainer.control import (
     StopRequest,
     diverged,
@@ -28,42 +32,38 @@ from trainer.control import (
     peer_loss_is_transient,
     stop_on_sigterm,
 )
-from trainer.data import Dataset, Split
-from trainer.decode_failures import take_decode_failures
-from trainer.distribution import (
-    make_strategy,
-    resolve_precision,
-    resolve_xla,
-    synchronized_batch_norm,
-)
-from trainer.errors import StorageError, Terminated, UploadsUnfinished
-from trainer.finish import evaluator, exporter
-from trainer.inputs import size_inputs
-from trainer.logs import get_logger
-from trainer.loop import Loop
-from trainer.memory import cache_dataset, memory_budget
-from trainer.model import (
-    build_classifier,
-    preprocess_function,
-    preprocessing_name,
-    weights_digest,
-)
-from trainer.outputs import ChiefOutputs, Outputs, WorkerOutputs, run_config
-from trainer.pipeline import (
+from trainer.data.bad_images import apply_bad_images_policy
+from trainer.data.decode_failures import take_decode_failures
+from trainer.data.inputs import size_inputs
+from trainer.data.load import Dataset, Split
+from trainer.data.memory import cache_dataset, memory_budget
+from trainer.data.pipeline import (
     batch_preprocessor,
     evaluation_input,
     evaluation_steps,
     preview,
     training_input,
 )
-from trainer.progress import Plan, TrainerStatusReporter
-from trainer.progress_log import RunProgress
+from trainer.errors import StorageError, Terminated, UploadsUnfinished
+from trainer.finish import evaluator, exporter
+from trainer.logs import get_logger
+from trainer.loop import Loop
+from trainer.models.classifier import (
+    build_classifier,
+    preprocess_function,
+    preprocessing_name,
+    weights_digest,
+)
+from trainer.outputs import ChiefOutputs, Outputs, WorkerOutputs, run_config
 from trainer.recipe import PhasedSchedule, phase_of, set_trainable, stop_early
-from trainer.scalars import ScalarLog
 from trainer.settings import Settings
 from trainer.state import LoopState, fingerprint_of, restore_state
-from trainer.storage import Store
-from trainer.tracking import Tracker, image_tag
+from trainer.store.artifacts import HistoryRow, run_files, state_place
+from trainer.store.stores import Store
+from trainer.tracking.mlflow_run import Tracker, image_tag
+from trainer.tracking.progress import Plan, TrainerStatusReporter
+from trainer.tracking.run_progress import RunProgress
+from trainer.tracking.scalars import ScalarLog
 
 
 @dataclass(frozen=True)

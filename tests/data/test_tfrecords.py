@@ -1,0 +1,219 @@
+"""TFRecords streamed after the strategy exists: layout, sharding by file (or by record), the
+held-out split, counting, and real runs with two replicas and with two workers."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import (
+    REPO,
+    TINY_JOB,
+    S3Server,
+    clean_environ,
+    free_ports,
+    json_lines,
+    run_entrypoint,
+)
+
+from trainer.data.counting import count_records
+from trainer.data.load import load_dataset
+from trainer.data.memory import cache_dataset
+from trainer.data.pipeline import batch_preprocessor, training_input
+from trainer.data.reading import read_records
+from trainer.data.tfrecords import files_to_fetch, shard
+from trainer.errors import DataError
+
+
+def write_records(folder: Path, labels: list[int], parts: int, side: int = 12,
+                  seed: int = 0) -> Path:
+    """`parts` TFRecord files of PNGs (class c a gray level of its own) and int64 labels,
+    record i in part i % parts."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    writers = [tf.io.TFRecordWriter(str(folder / f"part-{p}.tfrecord")) for p in range(parts)]
+    for index, label in enumerate(labels):
+        level = 30 + 60 * label
+        pixels = np.clip(rng.normal(level, 15, (side, side, 3)), 0, 255).astype(np.uint8)
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png.getvalue()])),
+                   "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        writers[index % parts].write(example.SerializeToString())
+    for writer in writers:
+        writer.close()
+    return folder
+
+
+def _names(records, worker: int, workers: int) -> list[str]:  # noqa: ANN001
+    return [name.decode() for _, name in read_records(records, worker, workers).as_numpy_iterator()]
+
+
+def test_the_layout_lists_files_without_reading_them(tmp_path: Path) -> None:
+    root = write_records(tmp_path / "r" / "train", [0, 1] * 4, parts=2)
+    write_records(tmp_path / "r" / "val", [0, 1], parts=1)
+    (root / ".part-9.tfrecord").write_bytes(b"a hidden file is no data")
+    (tmp_path / "r" / "classes.txt").write_text("cat\ndog\n\n")
+    data = load_dataset(str(tmp_path / "r"), validation_split=0.1, seed=0)
+    assert data.streamed and data.class_names == ("cat", "dog")
+    assert [Path(f).name for f in data.train.files] == ["part-0.tfrecord", "part-1.tfrecord"]
+    assert data.val.holdout is None and data.train.count is None  # counted after the strategy
+
+
+def test_workers_read_their_own_files_or_their_share_of_records(tmp_path: Path) -> None:
+    data = load_dataset(str(write_records(tmp_path / "four", list(range(3)) * 8, parts=4)),
+                        validation_split=0.25, seed=0)
+    everything = set(_names(data.train, 0, 1))
+    files = [{name.split("#")[0] for name in _names(data.train, w, 2)} for w in (0, 1)]
+    assert files == [{"part-0.tfrecord", "part-2.tfrecord"}, {"part-1.tfrecord", "part-3.tfrecord"}]
+    assert set(_names(data.train, 0, 2)) | set(_names(data.train, 1, 2)) == everything
+    assert shard(4, 1, 2) == ([1, 3], False) and shard(1, 1, 2) == ([0], True)
+    single = load_dataset(str(write_records(tmp_path / "one", list(range(3)) * 8, parts=1)),
+                          validation_split=0.25, seed=0)
+    shares = [set(_names(single.train, w, 3)) for w in range(3)]
+    assert all(shares) and not (shares[0] & shares[1] or shares[1] & shares[2])
+    assert set.union(*shares) == set(_names(single.train, 0, 1))
+
+
+def test_the_held_out_records_depend_on_the_seed_alone(tmp_path: Path) -> None:
+    root = write_records(tmp_path / "r", list(range(3)) * 20, parts=3)
+    data = load_dataset(str(root), validation_split=0.25, seed=0)
+    held = set(_names(data.val, 0, 1))
+    kept = set(_names(data.train, 0, 1))
+    assert not held & kept and len(held | kept) == 60 and 5 <= len(held) <= 25
+    assert set(_names(data.val, 0, 2)) | set(_names(data.val, 1, 2)) == held  # any workers
+    other = load_dataset(str(root), validation_split=0.25, seed=1)
+    assert set(_names(other.val, 0, 1)) != held
+    counted = count_records(data)
+    assert (len(counted.train), len(counted.val)) == (len(kept), len(held))
+    assert counted.class_names == ("0", "1", "2") and counted.native_size == 12
+
+
+@pytest.mark.parametrize(("labels", "classes", "message"), [
+    ([0, 1, -1, 1], None, "holds a negative label"),
+    ([2, 2, 2, 2], None, "has a single class"),
+    ([0, 1, 2, 3], "a\nb\n", "labels go up to 3 but classes.txt names 2 classes"),
+])
+def test_unusable_labels_are_data_errors(tmp_path: Path, labels: list[int], classes: str | None,
+                                         message: str) -> None:
+    root = write_records(tmp_path / "r" / "train", labels * 3, parts=2)
+    write_records(tmp_path / "r" / "val", labels, parts=1)
+    if classes:
+        (tmp_path / "r" / "classes.txt").write_text(classes)
+    with pytest.raises(DataError, match=message):
+        count_records(load_dataset(str(root.parent), validation_split=0.1, seed=0))
+
+
+def test_records_larger_than_the_memory_budget_stream(tmp_path: Path) -> None:
+    root = write_records(tmp_path / "r", list(range(2)) * 30, parts=3)
+    data = count_records(load_dataset(str(root), validation_split=0.2, seed=0))
+    streamed = cache_dataset(data, 16, budget=16 * 16 * 3 * 10)  # room for 10 images only
+    assert streamed.train is data.train and streamed.val is data.val
+    prep = batch_preprocessor(16, lambda images: images)
+    batches = list(training_input(data.train, 16, prep, 8, 0, 1, budget=2000)(
+        tf.distribute.InputContext()).take(7))  # more than an epoch: the stream repeats
+    assert all(images.shape == (8, 16, 16, 3) for images, _ in batches)
+    labels = np.concatenate([labels for _, labels in batches])
+    assert set(labels) == {0, 1}
+    cached = cache_dataset(data, 16, budget=10**8)
+    assert cached.train.in_memory and len(cached.train) == len(data.train)
+
+
+def test_each_worker_fetches_only_what_it_reads() -> None:
+    names = ["classes.txt", "train/part-0.tfrecord", "train/part-1.tfrecord",
+             "train/part-2.tfrecord", "val/part-0.tfrecord"]
+    wanted = [{n for n in names if files_to_fetch(names, w, 2)(n)} for w in (0, 1)]
+    assert wanted[0] == {"classes.txt", "train/part-0.tfrecord", "train/part-2.tfrecord",
+                         "val/part-0.tfrecord"}
+    assert wanted[1] == {"classes.txt", "train/part-1.tfrecord", "val/part-0.tfrecord"}
+    flat = ["part-0.tfrecord", "part-1.tfrecord"]  # held out of the training files
+    assert all(files_to_fetch(flat, 0, 2)(n) for n in flat)  # the chief evaluates all of it
+    assert [files_to_fetch(flat, 1, 2)(n) for n in flat] == [False, True]
+    assert all(files_to_fetch(flat, 0, 1)(n) for n in flat)
+
+
+def test_two_replicas_train_on_tfrecords_with_a_batch_larger_than_the_data(tmp_path: Path
+                                                                           ) -> None:
+    root = write_records(tmp_path / "records", list(range(3)) * 12, parts=2)
+    env = clean_environ(TINY_JOB, DATASET=str(root), ARTIFACT_URI=str(tmp_path / "runs"),
+                        RUN_ID="replicas", CPU_REPLICAS="2", BATCH_SIZE="32", EPOCHS="1",
+                        VALIDATION_SPLIT="0.25", WORK_DIR=str(tmp_path / "work"))
+    result = run_entrypoint(env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((tmp_path / "runs" / "replicas" / "config.json").read_text())
+    train = config["train_examples"]
+    assert config["replicas"] == 2 and train + config["validation_examples"] == 36
+    assert config["settings"]["batch_size"] == train // 2  # capped, and even per replica
+    assert config["global_batch_size"] == 2 * (train // 2)
+    logged = [line["message"] for line in json_lines(result.stdout)]
+    assert any("per replica instead" in message for message in logged)
+    metrics = json.loads((tmp_path / "runs" / "replicas" / "metrics.json").read_text())
+    assert metrics["examples"] == config["validation_examples"]
+
+
+def test_two_workers_each_fetch_and_read_their_own_tfrecord_files(tmp_path: Path,
+                                                                   rclone_server: S3Server
+                                                                   ) -> None:
+    """TFRecords in an S3 prefix: each worker fetches and reads 2 of the 4 training files
+    (and every validation file), the counts are shared, and they train as one."""
+    write_records(tmp_path / "records" / "train", list(range(3)) * 16, parts=4)
+    write_records(tmp_path / "records" / "val", list(range(3)) * 4, parts=2, seed=1)
+    bucket, client = rclone_server.new_bucket(), rclone_server.client()
+    for path in sorted((tmp_path / "records").rglob("*.tfrecord")):
+        client.upload_file(str(path), bucket, f"data/{path.relative_to(tmp_path / 'records')}")
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = clean_environ(TINY_JOB, rclone_server.env(), DATASET=f"s3://{bucket}/data",
+                            RUN_ID="two-workers",
+                            ARTIFACT_URI=str(tmp_path / "runs"), EPOCHS="1", BATCH_SIZE="8",
+                            WORK_DIR=str(tmp_path / f"work-{index}"),
+                            TF_CONFIG=json.dumps(tf_config))
+        processes.append(subprocess.Popen([sys.executable, "entrypoint.py"], env=env, cwd=REPO,
+                                          text=True, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+    lines = [json_lines(stdout) for stdout, _ in outputs]
+    reads = [next(r for r in worker if "tfrecord_files" in r) for worker in lines]
+    assert [(r["worker"], r["tfrecord_files"]) for r in reads] == [(0, 2), (1, 2)]
+    caches = [tmp_path / f"work-{index}" / "datasets" / bucket for index in range(2)]
+    fetched = [sorted(str(p.relative_to(cache)) for p in cache.rglob("*.tfrecord"))
+               for cache in caches]
+    val = ["data/val/part-0.tfrecord", "data/val/part-1.tfrecord"]
+    assert fetched == [["data/train/part-0.tfrecord", "data/train/part-2.tfrecord", *val],
+                       ["data/train/part-1.tfrecord", "data/train/part-3.tfrecord", *val]]
+    digests = [next(r["weights_sha256"] for r in worker if "weights_sha256" in r)
+               for worker in lines]
+    assert digests[0] == digests[1]
+    config = json.loads((tmp_path / "runs" / "two-workers" / "config.json").read_text())
+    assert (config["train_examples"], config["validation_examples"]) == (48, 12)
+    metrics = json.loads((tmp_path / "runs" / "two-workers" / "metrics.json").read_text())
+    assert metrics["examples"] == 12  # the chief evaluates every validation record
+
+
+def test_a_resumed_epoch_sees_the_batches_it_had_not_trained_on(tmp_path: Path) -> None:
+    root = write_records(tmp_path / "r", list(range(3)) * 20, parts=3)
+    data = count_records(load_dataset(str(root), validation_split=0.2, seed=0))
+    prep = batch_preprocessor(12, lambda images: images)
+
+    def batches(epoch: int, skip: int) -> list:
+        fn = training_input(data.train, 12, prep, 4, 7, epoch, skip_steps=skip, budget=10**6)
+        return [(x.numpy(), y.numpy()) for x, y in fn(tf.distribute.InputContext()).take(5)]
+
+    whole, resumed = batches(1, 0), batches(1, 2)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+               for a, b in zip(whole[2:], resumed, strict=False))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(whole, batches(2, 0),
+                                                              strict=True))

@@ -1,0 +1,88 @@
+"""report.html as a reader sees it: the history table in the contract's column order, and
+numbers that keep their significant digits.
+
+    .venv/bin/python -m pytest tests/reports/test_run_page.py     (no TensorFlow)
+"""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from trainer.reports.run_page import build_report, format_value
+from trainer.store.artifacts import HISTORY_COLUMNS
+
+
+class Tables(HTMLParser):
+    """Every <table> of a page as rows of cell texts, and the <h2> before each."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._heading = ""
+        self._in: str | None = None
+        self._text = ""
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "table":
+            self.tables[self._heading] = []
+        elif tag == "tr":
+            self.tables[self._heading].append([])
+        if tag in ("td", "th", "h1", "h2"):
+            self._in, self._text = tag, ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._in == tag:
+            self.tables[self._heading][-1].append(self._text)
+        elif tag in ("h1", "h2") and self._in == tag:
+            self._heading = self._text
+        if tag == self._in:
+            self._in = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in:
+            self._text += data
+
+
+def _run_folder(folder: Path, learning_rate: float) -> Path:
+    rows = [{"epoch": e, "loss": 1.5 / e, "accuracy": 0.5 + e / 10, "val_loss": 1.2 / e,
+             "val_accuracy": 0.6 + e / 20, "learning_rate": learning_rate,
+             "seconds": 20.123 + e, "images_per_second": 12345.6} for e in (1, 2)]
+    # As RunArtifacts.write_json writes it: keys sorted alphabetically.
+    (folder / "history.json").write_text(json.dumps(rows, indent=2, sort_keys=True))
+    (folder / "config.json").write_text(json.dumps(
+        {"settings": {"learning_rate": learning_rate, "backbone": "VGG16", "epochs": 2}},
+        sort_keys=True))
+    return folder
+
+
+def test_history_columns_are_in_the_contracts_order(tmp_path: Path) -> None:
+    page = build_report(_run_folder(tmp_path, 1e-5), "lr-small",
+                        {"status": "finished", "best_epoch": 2, "best_value": 0.7,
+                         "monitor": "val_accuracy"})
+    history = Tables(page).tables["History"]
+    assert history[0] == list(HISTORY_COLUMNS)
+    assert history[1][0] == "1" and history[2][0] == "2"
+
+
+def test_small_and_large_values_keep_their_digits(tmp_path: Path) -> None:
+    tables = Tables(build_report(_run_folder(tmp_path, 1e-5), "lr-small"))
+    header, first = tables.tables["History"][:2]
+    row = dict(zip(header, first, strict=True))
+    assert row["learning_rate"] == "1e-05"
+    assert row["loss"] == "1.5" and row["val_accuracy"] == "0.65"
+    assert row["seconds"] == "21.12" and row["images_per_second"] == "12346"
+    assert ["learning_rate", "1e-05"] in tables.tables["Settings"]
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (1e-5, "1e-05"), (3e-4, "0.0003"), (0.123456, "0.1235"), (0.95, "0.95"), (0.0, "0"),
+    (123.456, "123.5"), (99999.7, "100000"), (7, "7"),
+    (float("nan"), "nan"), ("avg", "avg"),
+])
+def test_format_value(value: object, shown: str) -> None:
+    assert format_value(value) == shown

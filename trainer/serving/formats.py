@@ -1,0 +1,50 @@
+"""The serving formats a run exports (setting EXPORT), and whether their packages are installed:
+read before TensorFlow starts, so that a missing runtime fails a run at its start, not at its
+end (trainer.serving.export writes and checks the exports)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from trainer.errors import ConfigError
+
+FORMATS = ("savedmodel", "onnx", "litert")
+# What each format needs beyond TensorFlow: (module, PyPI package). onnx and tf2onnx write the
+# ONNX model; onnxruntime and ai-edge-litert are the runtimes the exports are checked with.
+RUNTIMES = {"savedmodel": (), "onnx": (("onnx", "onnx"), ("tf2onnx", "tf2onnx"),
+                                       ("onnxruntime", "onnxruntime")),
+            "litert": (("ai_edge_litert", "ai-edge-litert"),)}
+
+
+def parse_formats(text: str, variable: str = "EXPORT") -> tuple[str, ...]:
+    """`none`, or a comma list of savedmodel, onnx, litert -> the formats, in FORMATS order."""
+    chosen = {part.strip().lower() for part in text.split(",") if part.strip()}
+    if chosen in (set(), {"none"}):
+        return ()
+    unknown = sorted(chosen - set(FORMATS))
+    if unknown:
+        raise ConfigError(f"{variable}={text}: unknown format {', '.join(unknown)}; give none "
+                          f"or a comma list of {', '.join(FORMATS)}")
+    return tuple(name for name in FORMATS if name in chosen)
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_export_runtimes(formats: Sequence[str]) -> None:
+    """ConfigError naming what is missing for `formats`, before a run spends hours training."""
+    for name in formats:
+        missing = [package for module, package in RUNTIMES[name] if not _installed(module)]
+        if missing:
+            raise ConfigError(
+                f"EXPORT={name} needs the package(s) {', '.join(missing)}, which are not "
+                "installed; install the export extra (pip install 'trainer[export]'), or leave "
+                f"{name} out of EXPORT")
