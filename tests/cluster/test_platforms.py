@@ -14,13 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from trainer.cluster.platforms import failure_file, fuse_path, resolve_platform
 from trainer.cluster.specs import resolve_cluster
 from trainer.errors import ConfigError
 from trainer.settings import load_settings
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def sagemaker(tmp_path: Path, hyperparameters: dict | None = None, hosts: tuple = ("algo-1",),
