@@ -1,5 +1,5 @@
-# Image and cluster targets, included by the Makefile (which defines BIN and STAMP). The README's
-# "Docker" and "Kubernetes" sections walk through them.
+# Image and cluster targets, included by the Makefile (which defines BIN and STAMP). docs/docker.md
+# and docs/kubernetes.md walk through them.
 #   make image IMAGE=my.registry/trainer:0.1.0 [BAKE_WEIGHTS="ResNet50 MobileNetV2"]
 #   make docker-run ENV_FILE=trainer.env
 #   make k8s-apply OVERLAY=single-gpu IMAGE=... RUN_ID=resnet50-cifar10-1 [QUEUE=... PRIORITY=...]

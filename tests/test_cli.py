@@ -127,14 +127,3 @@ def test_predict_names_the_right_class_with_every_kind_of_model(finished_run: di
         assert [line.split(": ", 1)[0] for line in lines] == paths
         top = [line.split(": ", 1)[1].split()[0] for line in lines]
         assert top == [str(label) for label in val.labels[:8]], (model, top)
-
-
-def test_the_readme_documents_every_setting_command_and_exit_code() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for option in OPTIONS:
-        assert f"| `{option.variable}` | `{option.flag}` |" in readme, option.variable
-    for name in cli.commands:
-        assert f"trainer {name} " in readme, f"`trainer {name}` is not in the README"
-    for code in (0, 1, 2, 3, 4, 75, 143):
-        assert f"| {code} |" in readme, f"exit code {code} is not in the README's table"
-    assert "make run" in readme and "make test" in readme
