@@ -6,13 +6,15 @@ documented, every relative link resolving, every command example runnable as wri
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from trainer.cli import cli
-from trainer.settings import OPTIONS
+from trainer.settings import OPTIONS, shown_default
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -94,3 +96,57 @@ def test_commands_name_the_virtual_environment(page: Path) -> None:
     .venv/bin/, or when the environment was activated before it."""
     wrong = _bare_commands(page)
     assert not wrong, f"{page.name}: commands outside the venv that say nothing of it: {wrong}"
+
+
+def _variables_table() -> dict[str, tuple[str, str, str]]:
+    """docs/configuration.md's table of settings: variable -> (flag, default, meaning)."""
+    rows = {}
+    for line in (REPO / "docs" / "configuration.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if len(cells) == 4 and re.fullmatch(r"`[A-Z0-9_]+`", cells[0]):
+            rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2].replace("`", ""),
+                                         cells[3])
+    return rows
+
+
+def test_the_variables_table_has_the_defaults_that_help_shows() -> None:
+    """The table and `trainer train --help` both say each default as shown_default does: the
+    table may go on after it (", e.g. ...", " (...)"), never say another."""
+    table = _variables_table()
+    assert set(table) == {option.variable for option in OPTIONS}, "a row per setting, no other"
+    help_text = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+    for option in OPTIONS:
+        flag, default, _ = table[option.variable]
+        shown = shown_default(option)
+        assert flag == option.flag, option.variable
+        assert re.fullmatch(re.escape(shown) + r"([ ,(;].*)?", default), (
+            f"{option.variable}: docs/configuration.md says the default is {default!r}, "
+            f"--help says {shown!r}")
+        assert f"[env var: {option.variable}; default: {shown}]" in help_text, option.variable
+
+
+def test_precision_says_every_case_in_which_auto_picks_bfloat16() -> None:
+    """The CPU features that PRECISION=auto reads, and the speed-up it asks of AVX512-BF16,
+    as trainer/cluster/distribution.py has them (read as text: importing it imports
+    TensorFlow), in both --help and the table."""
+    source = (REPO / "trainer" / "cluster" / "distribution.py").read_text()
+    features = re.findall(r'"(\w+)_bf16" in flags', source)
+    speedup = re.search(r"^BFLOAT16_MIN_SPEEDUP = ([\d.]+)$", source, re.M)
+    assert features and speedup, "distribution.py no longer reads the CPU flags this way"
+    option = next(o for o in OPTIONS if o.variable == "PRECISION")
+    for text in (option.help, _variables_table()["PRECISION"][2]):
+        for feature in features:
+            assert f"{feature.upper()}-BF16" in text, (feature, text)
+        assert f"{speedup.group(1)}x" in text, text
+
+
+def test_the_manifest_example_has_the_fields_the_manifest_has() -> None:
+    from trainer.outputs import MANIFEST_EXPORT_FIELDS
+
+    text = (REPO / "docs" / "serving.md").read_text()
+    example = next(block.group(2) for block in FENCE.finditer(text)
+                   if block.group(1) == "json" and '"exports"' in block.group(2))
+    exports = json.loads("{" + example + "}")["exports"]
+    for kind, fields in exports.items():
+        assert set(fields) <= set(MANIFEST_EXPORT_FIELDS), (kind, sorted(fields))
+        assert {"status", "max_abs_difference"} <= set(fields), kind

@@ -33,7 +33,7 @@ from trainer.redaction import redact
 from trainer.reports.sweep_page import collect_runs, sweep_lines, write_sweep_report
 from trainer.runs import fetch_run, list_runs, rebuild_report, resolve_model
 from trainer.serving.formats import check_export_runtimes, parse_formats
-from trainer.settings import OPTIONS, check_run_id, default_of, load_settings
+from trainer.settings import OPTIONS, check_run_id, default_of, load_settings, shown_default
 from trainer.store.stores import Store, open_store
 from trainer.sweep import check_name, run_sweep, sweep_environ
 
@@ -45,13 +45,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _settings_options(command: F) -> F:
     """One flag per setting, e.g. --batch-size for BATCH_SIZE, resolved by load_settings."""
     for option in reversed(OPTIONS):
-        default = default_of(option)
-        shown = "none" if default in (None, "") else default
-        if option.field == "run_id":
-            shown = "generated"
         command = click.option(
             option.flag, option.field, default=None, metavar="TEXT",
-            help=f"{option.help} [env var: {option.variable}; default: {shown}]",
+            help=f"{option.help} [env var: {option.variable}; "
+                 f"default: {shown_default(option)}]",
         )(command)
     return command
 
@@ -67,7 +64,8 @@ def _setting(field: str, default: Any = None, help: str | None = None) -> Callab
 
     return click.option(option.flag, field, envvar=option.variable, show_envvar=True,
                         default=None, callback=parse, metavar="TEXT",
-                        help=f"{help or option.help} [default: {fallback}]")
+                        help=f"{help or option.help} [default: "
+                             f"{shown_default(option) if default is None else default}]")
 
 
 def _store_options(command: F) -> F:

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from trainer.tracking.scalars import ScalarLog
 
 SAMPLES_SHOWN = 32
+# What manifest.json says of each export (docs/serving.md shows them; tests/test_readme.py).
+MANIFEST_EXPORT_FIELDS = ("status", "max_abs_difference", "error")
 Evaluate = Callable[[Path, Path], dict[str, Any]]  # (best.h5, folder) -> metrics.json content
 Export = Callable[[Path, Path], dict[str, dict[str, Any]]]  # (best.h5, folder) -> per format
 
@@ -214,8 +216,7 @@ class ChiefOutputs:
         get_logger().info("exported the best model", extra={
             "run_id": self.settings.run_id, "exports": {
                 kind: result["status"] for kind, result in results.items()}})
-        return {kind: {key: result.get(key) for key in ("status", "max_abs_difference",
-                                                         "error") if key in result}
+        return {kind: {key: result[key] for key in MANIFEST_EXPORT_FIELDS if key in result}
                 for kind, result in results.items()}
 
     def _save_state(self, checkpoint: tf.train.Checkpoint, state: LoopState) -> None:

@@ -118,6 +118,17 @@ def default_of(option: Option) -> Any:
     return Settings.__dataclass_fields__[option.field].default
 
 
+def shown_default(option: Option) -> str:
+    """The default as --help and docs/configuration.md say it (tests/test_readme.py checks
+    that they agree)."""
+    if option.default_text is not None:
+        return option.default_text
+    default = default_of(option)
+    if isinstance(default, float):
+        return f"{default:g}"
+    return "none" if default in (None, "") else str(default)
+
+
 def load_settings(
     environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None
 ) -> Settings:
@@ -171,4 +182,5 @@ def generate_run_id(settings: Settings, now: float | None = None) -> str:
     return f"{stamp}-{slug}"[:128].rstrip("-.")
 
 
-__all__ = ["OPTIONS", "Settings", "check_run_id", "default_of", "load_settings"]
+__all__ = ["OPTIONS", "Settings", "check_run_id", "default_of", "load_settings",
+           "shown_default"]

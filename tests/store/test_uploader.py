@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import threading
 import time
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 from conftest import TINY_JOB, Job, S3Server, clean_environ
 
-from trainer.errors import Terminated
+from trainer.errors import Terminated, TransientError
 from trainer.store.s3 import S3Store
 from trainer.store.stores import LocalStore
 from trainer.store.uploader import Uploader
@@ -107,6 +108,35 @@ def test_an_unexpected_upload_error_ends_the_wait_with_that_error(tmp_path: Path
         uploader.flush(timeout=60)
 
 
+def test_files_handed_over_during_an_outage_do_not_cut_the_backoff_short(
+        tmp_path: Path, warnings_logged: list[logging.LogRecord]) -> None:
+    """One failed upload, one retry after the backoff: every file an epoch hands over while
+    storage is down wakes the uploader, and must not make it try (and log "retrying in N s")
+    again at once."""
+    attempts: list[str] = []
+    failed = threading.Event()
+
+    class Down(LocalStore):
+        def put_file(self, key: str, path: Path) -> None:
+            attempts.append(key)
+            failed.set()
+            raise TransientError("connection refused")
+
+    uploader = Uploader(Down(str(tmp_path / "bucket")), staging=tmp_path / "staging",
+                        first_backoff=600)
+    for name in ("best.h5", "history.json", "history.csv", "curves.png", "LATEST.json"):
+        (tmp_path / name).write_text(name)
+        uploader.submit(f"run/{name}", tmp_path / name)
+        assert failed.wait(timeout=60)
+    deadline = time.monotonic() + 3  # long enough for a woken worker to try again
+    while len(attempts) == 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    uploader.close()
+    assert attempts == ["run/best.h5"]
+    retrying = [r.getMessage() for r in warnings_logged if "retrying in" in r.getMessage()]
+    assert retrying == ["upload of run/best.h5 failed, retrying in 600 s: connection refused"]
+
+
 def test_sigterm_cuts_the_final_wait_short_with_exit_143(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in (("AWS_ACCESS_KEY_ID", "key"), ("AWS_SECRET_ACCESS_KEY", "secret"),
@@ -153,6 +183,12 @@ def test_an_outage_then_its_drain_never_leave_the_store_without_a_state(
         assert watcher.newest_epoch == before_outage
         # Back, but flaky: the first uploads are cut off in the middle (multipart best.h5 too).
         fault_proxy.set("reset", after=2_000_000, direction="up", times=3)
+        # The uploader tries again when its backoff (up to 30 s) is over: the drain has begun
+        # once the first upload is cut off.
+        deadline = time.monotonic() + 120
+        while fault_proxy.resets == 0 and job.process.poll() is None:
+            assert time.monotonic() < deadline, job.lines[-3:]
+            time.sleep(0.02)
         time.sleep(random.Random(7).uniform(0.5, 3.0))
         job.process.kill()  # the pod lost in the middle of the drain
         job.finish(timeout=30)

@@ -116,7 +116,11 @@ class Uploader:
                     self._in_flight = None
                     if (self._uploads.get(job.key) or self._deletes.get(job.key)) is not job:
                         self._discard(job)
-                    self._condition.wait(timeout=backoff)
+                    # Files handed over meanwhile notify the condition too; only close() may
+                    # end the backoff early, else each would bring a retry (and its warning).
+                    retry_at = time.monotonic() + backoff
+                    while not self._closing and (wait := retry_at - time.monotonic()) > 0:
+                        self._condition.wait(timeout=wait)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
             except Exception as error:  # noqa: BLE001 - refusals and bugs alike end the run
