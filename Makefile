@@ -11,6 +11,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# A venv made before the distribution was renamed holds the old name's claim on trainer/.
+	$(BIN)/pip uninstall --quiet --yes trainer 2>/dev/null || true
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -46,5 +48,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 
 clean:
-	rm -rf $(VENV) runs s3-data
+	rm -rf $(VENV) runs s3-data *.egg-info build
 include mk/deploy.mk

@@ -46,5 +46,6 @@ def check_export_runtimes(formats: Sequence[str]) -> None:
         if missing:
             raise ConfigError(
                 f"EXPORT={name} needs the package(s) {', '.join(missing)}, which are not "
-                "installed; install the export extra (pip install 'trainer[export]'), or leave "
+                "installed; install the export extra (pip install -e '.[export]' in the "
+                "repository; make run's .venv has it), or leave "
                 f"{name} out of EXPORT")

@@ -80,7 +80,8 @@ class Tracker:
             from mlflow import MlflowClient
         except ImportError:
             get_logger().warning("MLFLOW_TRACKING_URI is set but mlflow is not installed "
-                                 "(pip install 'trainer[tracking]'); this run is not tracked")
+                                 "(pip install -e '.[tracking]' in the repository); this run "
+                                 "is not tracked")
             return None
         tracker = cls(MlflowClient(tracking_uri=uri), environ, run_id, resumed_mlflow_run_id,
                       params, tags)
