@@ -28,7 +28,7 @@ render = IMAGE="$(IMAGE)" RUN_ID="$(RUN_ID)" QUEUE="$(QUEUE)" PRIORITY="$(PRIORI
 	KUBECTL="$(KUBECTL)" k8s/render.sh $(OVERLAY)
 # The workload's name: RUN_ID, else the overlay's (trainer-<overlay>); the label on its pods.
 job = $(or $(RUN_ID),trainer-$(OVERLAY))
-pods = $(if $(filter jobset trainjob,$(OVERLAY)),jobset.sigs.k8s.io/jobset-name,batch.kubernetes.io/job-name)=$(job)
+pods = $(if $(filter jobset% trainjob%,$(OVERLAY)),jobset.sigs.k8s.io/jobset-name,batch.kubernetes.io/job-name)=$(job)
 
 .PHONY: image push docker-run k8s-render k8s-apply k8s-logs fetch
 

@@ -1,6 +1,11 @@
 """Kubernetes manifests, checked offline (there is no API server here).
 
-    .venv/bin/python -m pytest tests/test_k8s.py
+    .venv/bin/python -m pytest tests/test_k8s.py tests/test_k8s_*.py
+
+This module renders and validates, and checks what every overlay shares; how the controllers
+treat the rendered objects (failures, restarts, names, Kubeflow Trainer's merge) is in
+tests/test_k8s_failures.py, test_k8s_names.py and test_k8s_trainer.py, with the emulations of
+tests/k8s_controllers.py.
 
 Every overlay in k8s/overlays, and the Kubeflow Trainer runtimes in k8s/kubeflow-trainer, is
 rendered by `kubectl kustomize`. Built-in objects are validated with `kubernetes-validate
@@ -10,11 +15,9 @@ a runtime embeds (as the batch/v1 Job that JobSet makes of it). The custom resou
 (the kubeflow-trainer-api package) and the rules of their controllers. The policies are checked
 by this module's own assertions on the rendered objects (checkov is not used, so no policy is
 skipped):
-- failure handling: `restartPolicy: Never`; `podFailurePolicy` with FailJob on exit codes exactly
-  {2, 3, 4} and Ignore on the DisruptionTarget condition; `podReplacementPolicy: Failed`;
-  a retry budget (`backoffLimit`, or a JobSet's `maxRestarts` that restarts every worker on 75 and
-  143 and fails on 2, 3, 4), `activeDeadlineSeconds`, `ttlSecondsAfterFinished`; a grace period
-  >= 60 s;
+- failure handling: the Job validation rules that a schema does not carry; `restartPolicy:
+  Never`; `podReplacementPolicy: Failed`; a retry budget, `activeDeadlineSeconds`,
+  `ttlSecondsAfterFinished`; a grace period >= 60 s (what the policies do: test_k8s_failures.py);
 - the restricted Pod Security Standard: runAsNonRoot with the image's numeric user, seccomp
   RuntimeDefault, no privilege escalation, ALL capabilities dropped and none added, no host
   namespaces, ports or privileged mode, only the volume types it allows; plus a read-only root
@@ -44,6 +47,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import missing_tool, unless_ci
+from k8s_controllers import job_spec_errors, trainer_jobset
 
 # No TensorFlow in these.
 from trainer.cluster.specs import resolve_cluster, tf_config_from_indexed_job
@@ -65,13 +69,13 @@ CUSTOM_KINDS = {"JobSet": "jobset.x-k8s.io/v1alpha2",
                 "TrainJob": "trainer.kubeflow.org/v1alpha1",
                 "ClusterTrainingRuntime": "trainer.kubeflow.org/v1alpha1"}
 # kubernetes-sigs/jobset api/jobset/v1alpha2/jobset_types.go: FailurePolicyAction's values and
-# the pattern of a rule's name.
+# the pattern of a rule's name; pkg/webhooks/jobset_webhook.go: the Job failure reasons a rule
+# may name (validOnJobFailureReasons).
 JOBSET_ACTIONS = {"FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts",
                   "RestartJob", "RestartJobAndIgnoreMaxRestarts"}
 JOBSET_RULE_NAME = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")
-# k8s.io/api batch/v1 types.go: the reasons of a Job's Failed condition that a rule can match.
-JOB_FAILURE_REASONS = {"BackoffLimitExceeded", "DeadlineExceeded", "PodFailurePolicy",
-                       "MaxFailedIndexesExceeded"}
+JOB_FAILURE_REASONS = {"BackoffLimitExceeded", "DeadlineExceeded", "FailedIndexes",
+                       "MaxFailedIndexesExceeded", "PodFailurePolicy"}
 # kubeflow/trainer pkg/constants/constants.go: the ancestor label, the containers that the
 # runtime webhook (pkg/webhooks/trainingruntime_webhook.go) requires for each ancestor, and the
 # initializers' volume (pkg/runtime/framework/plugins/jobset/constants) and download folders.
@@ -142,7 +146,7 @@ def trainer_job_of(jobset_spec: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Workload:
-    """What runs the trainer: a Job, a JobSet, or a TrainJob with its runtime's JobSet."""
+    """What runs the trainer: a Job, a JobSet, or a TrainJob with the JobSet made of it."""
 
     kind: str
     metadata: dict[str, Any]
@@ -174,8 +178,8 @@ def workload(objects: list[dict[str, Any]]) -> Workload:
         return Workload(kind, obj["metadata"], obj["spec"])
     if kind == "JobSet":
         jobset = obj["spec"]
-    else:
-        jobset = runtimes()[obj["spec"]["runtimeRef"]["name"]]["spec"]["template"]["spec"]
+    else:  # the JobSet that Kubeflow Trainer makes of the TrainJob and its runtime
+        jobset = trainer_jobset(obj, runtimes()[obj["spec"]["runtimeRef"]["name"]])
     replicated = trainer_job_of(jobset)
     return Workload(kind, obj["metadata"], replicated["template"]["spec"], jobset,
                     replicated["name"])
@@ -201,7 +205,8 @@ def embedded_jobs(owner: str, jobset_spec: dict[str, Any]) -> list[dict[str, Any
 
 def validate(objects: list[dict[str, Any]], folder: Path) -> None:
     """kubernetes-validate --strict on every minor in MINORS, in one process: built-in objects as
-    they are, a JobSet as its Jobs; every object must have a schema (no custom kind slips by)."""
+    they are, a JobSet (and the one Trainer makes of a TrainJob) as its Jobs; every object must
+    have a schema (no custom kind slips by)."""
     validator = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
     validator = validator or shutil.which("kubernetes-validate")
     if validator is None:
@@ -216,6 +221,9 @@ def validate(objects: list[dict[str, Any]], folder: Path) -> None:
             documents += embedded_jobs(obj["metadata"]["name"], obj["spec"])
         elif obj["kind"] == "ClusterTrainingRuntime":
             documents += embedded_jobs("trainjob", obj["spec"]["template"]["spec"])
+        elif obj["kind"] == "TrainJob":  # as the JobSet that Trainer makes of it
+            documents += embedded_jobs(obj["metadata"]["name"], trainer_jobset(
+                obj, runtimes()[obj["spec"]["runtimeRef"]["name"]]))
         elif obj["kind"] not in CUSTOM_KINDS:
             documents.append(obj)
     assert documents
@@ -238,17 +246,16 @@ def check_api_types(obj: dict[str, Any]) -> None:
 
 
 def check_jobset_failure_policy(jobset: dict[str, Any]) -> None:
-    """Fail at once on exits 2, 3, 4 (the Job's podFailurePolicy), restart every worker
-    together on the others (75 a lost peer, 143 SIGTERM: the Job fails on its first failed pod)."""
+    """What JobSet's webhook accepts (what the rules do: test_k8s_failures.py)."""
     policy = jobset["failurePolicy"]
     assert policy["maxRestarts"] >= 1
+    names = [rule["name"] for rule in policy["rules"]]
+    assert len(set(names)) == len(names)
     for rule in policy["rules"]:
         assert rule["action"] in JOBSET_ACTIONS and JOBSET_RULE_NAME.fullmatch(rule["name"])
         assert set(rule["onJobFailureReasons"]) <= JOB_FAILURE_REASONS
-    actions = {reason: rule["action"] for rule in reversed(policy["rules"])
-               for reason in rule["onJobFailureReasons"]}
-    assert actions == {"PodFailurePolicy": "FailJobSet", "DeadlineExceeded": "FailJobSet",
-                       "BackoffLimitExceeded": "RestartJobSet"}
+        for pattern in rule.get("onJobFailureMessagePatterns", []):
+            re.compile(pattern)  # RE2's syntax, here a subset that Python reads alike
     assert jobset["network"]["enableDNSHostnames"] is True
     assert jobset["network"].get("publishNotReadyAddresses", True) is True
 
@@ -258,7 +265,7 @@ def check_jobset_failure_policy(jobset: dict[str, Any]) -> None:
 
 def test_the_overlays() -> None:
     assert OVERLAYS == ["jobset", "multi-gpu", "multi-node", "s3-custom-endpoint", "single-gpu",
-                        "sweep", "trainjob"]
+                        "sweep", "trainjob", "trainjob-initializers"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -288,15 +295,14 @@ def test_failure_policy_and_lifetime(overlay: str) -> None:
     # The job knows its grace period, and spends most of it on the upload after SIGTERM.
     told = {e["name"]: e.get("value") for e in work.container["env"]}
     assert told["TERMINATION_GRACE_SECONDS"] == str(grace)
-    rules = spec["podFailurePolicy"]["rules"]
-    assert [r["action"] for r in rules] == ["FailJob", "Ignore"]
-    exits = rules[0]["onExitCodes"]
-    assert exits["operator"] == "In" and exits["containerName"] == work.container["name"]
-    assert sorted(exits["values"]) == [2, 3, 4]
+    assert job_spec_errors(spec) == []
     # `status` is required before Kubernetes 1.35 (kubernetes/kubernetes#131512).
-    assert rules[1]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    assert {"type": "DisruptionTarget", "status": "True"} in [
+        pattern for rule in spec["podFailurePolicy"]["rules"]
+        for pattern in rule.get("onPodConditions", [])]
     if work.kind == "Job":
-        assert spec["backoffLimit"] >= 1 and spec["ttlSecondsAfterFinished"] > 0
+        assert spec.get("backoffLimit", spec.get("backoffLimitPerIndex")) >= 1
+        assert spec["ttlSecondsAfterFinished"] > 0
     else:
         assert spec["backoffLimit"] == 0 and "ttlSecondsAfterFinished" not in spec
         check_jobset_failure_policy(work.jobset)
@@ -357,8 +363,12 @@ def test_jobset_and_runtimes_run_the_base_jobs_pod() -> None:
         mounts = [m for m in work.container["volumeMounts"] if m["name"] != INITIALIZER_VOLUME]
         assert mounts == base_container["volumeMounts"]
         assert work.job["activeDeadlineSeconds"] == base["activeDeadlineSeconds"]
+        # The same rules, which fail the Job where the base ignores a pod (JobSet restarts).
         policy = copy.deepcopy(base["podFailurePolicy"])
-        policy["rules"][0]["onExitCodes"]["containerName"] = work.container["name"]
+        for rule in policy["rules"]:
+            rule["action"] = "FailJob"
+            if "onExitCodes" in rule:
+                rule["onExitCodes"]["containerName"] = work.container["name"]
         assert work.job["podFailurePolicy"] == policy
 
 
@@ -566,37 +576,17 @@ def test_jobset_pods_resolve_one_run_across_its_workers(run_id: str | None) -> N
 
 
 def trainer_pods(trainjob: dict[str, Any]) -> tuple[list[dict[str, str]], list[str]]:
-    """Each `node` pod's environment and host as Kubeflow Trainer 2.3 and JobSet make them
-    (kubeflow/trainer pkg/runtime/framework/plugins: jobset/builder.go sets the TrainJob's
-    image; plainml.go and torch.go set the `node` Job's parallelism and completions to numNodes
-    and upsert the TrainJob's env, then torch.go the PET_* variables; jobset.go's
-    IdentifyPodNetwork gives the hosts)."""
-    runtime = runtimes()[trainjob["spec"]["runtimeRef"]["name"]]
-    name, trainer = trainjob["metadata"]["name"], trainjob["spec"]["trainer"]
-    replicated = trainer_job_of(runtime["spec"]["template"]["spec"])
-    count = trainer.get("numNodes") or runtime["spec"]["mlPolicy"].get("numNodes", 1)
-    (container,) = copy.deepcopy(replicated["template"]["spec"]["template"]["spec"]["containers"])
+    """Each `node` pod's environment and host, in the JobSet that Kubeflow Trainer makes of the
+    TrainJob (k8s_controllers.trainer_jobset) with the host names JobSet gives its pods
+    (trainer's plugins/jobset/jobset.go IdentifyPodNetwork)."""
+    name = trainjob["metadata"]["name"]
+    jobset = trainer_jobset(trainjob, runtimes()[trainjob["spec"]["runtimeRef"]["name"]])
+    replicated = trainer_job_of(jobset)
+    count = replicated["template"]["spec"]["completions"]
+    (container,) = replicated["template"]["spec"]["template"]["spec"]["containers"]
     assert container["name"] == ANCESTOR_CONTAINERS["trainer"]
-    container["image"] = trainer.get("image", container["image"])
-
-    def upsert(variables: list[dict[str, Any]]) -> None:  # apply.UpsertEnvVars: by name, in place
-        for variable in variables:
-            names = [e["name"] for e in container["env"]]
-            if variable["name"] in names:
-                container["env"][names.index(variable["name"])] = variable
-            else:
-                container["env"].append(variable)
-
-    upsert(trainer.get("env", []))
-    if "torch" in runtime["spec"]["mlPolicy"]:
-        upsert([{"name": "PET_NNODES", "value": str(count)},
-                {"name": "PET_NPROC_PER_NODE", "value": "auto"},
-                {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
-                    "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}},
-                {"name": "PET_MASTER_ADDR", "value": f"{name}-node-0-0.{name}"},
-                {"name": "PET_MASTER_PORT", "value": "29500"}])
     labels = {JOB_NAME_LABEL: f"{name}-{replicated['name']}-0", JOBSET_NAME_LABEL: name}
-    subdomain = runtime["spec"]["template"]["spec"].get("network", {}).get("subdomain") or name
+    subdomain = jobset.get("network", {}).get("subdomain") or name
     (port,) = [p for p in container["ports"] if p["name"] == "worker"]
     hosts = [f"{name}-{replicated['name']}-0-{i}.{subdomain}:{port['containerPort']}"
              for i in range(count)]
@@ -621,39 +611,6 @@ def test_trainjob_pods_resolve_one_run_of_num_nodes_workers(settings: dict[str, 
     given = {e["name"]: e["value"] for e in trainjob["spec"]["trainer"]["env"]}
     assert (settings_of_pod.dataset, settings_of_pod.artifact_uri) == (
         given["DATASET"], given["ARTIFACT_URI"])
-
-
-def test_trainjob_with_initializers_reads_what_they_download() -> None:
-    objects = render("trainjob", IMAGE="registry.internal/trainer:7")
-    trainjob = copy.deepcopy(the_one(objects, "TrainJob"))
-    assert trainjob["spec"]["trainer"]["image"] == "registry.internal/trainer:7"
-    trainjob["spec"]["runtimeRef"]["name"] = "keras-trainer-initializers"
-    trainjob["spec"]["trainer"]["env"] = [e for e in trainjob["spec"]["trainer"]["env"]
-                                          if e["name"] not in ("DATASET", "WEIGHTS")]
-    trainjob["spec"]["initializer"] = {"dataset": {"storageUri": "s3://bucket/flowers"},
-                                       "model": {"storageUri": "hf://org/resnet50-keras"}}
-    check_api_types(trainjob)
-    environs, hosts = trainer_pods(trainjob)
-    check_cluster(environs, trainjob["metadata"]["name"], hosts)
-    settings = load_settings(environs[0])
-    assert (settings.dataset, settings.weights) == (DATASET_MOUNT_PATH, MODEL_MOUNT_PATH)
-
-    # What Trainer's webhook and JobSet require of the runtime: each initializer's container and
-    # volume mount, the shared claim, and the trainer after both.
-    jobset = runtimes()["keras-trainer-initializers"]["spec"]["template"]["spec"]
-    (claim,) = [template["metadata"]["name"] for policy in jobset["volumeClaimPolicies"]
-                for template in policy["templates"]]
-    assert claim == INITIALIZER_VOLUME
-    steps = [r["template"]["metadata"]["labels"][ANCESTOR_LABEL] for r in jobset["replicatedJobs"]]
-    assert steps == ["dataset-initializer", "model-initializer", "trainer"]
-    for replicated, step in zip(jobset["replicatedJobs"], steps, strict=True):
-        assert replicated["replicas"] == 1
-        (container,) = replicated["template"]["spec"]["template"]["spec"]["containers"]
-        assert container["name"] == ANCESTOR_CONTAINERS[step]
-        (mount,) = [m for m in container["volumeMounts"] if m["name"] == INITIALIZER_VOLUME]
-        assert mount["mountPath"] == "/workspace"
-        assert mount.get("readOnly", False) is (step == "trainer")
-    assert [d["name"] for d in jobset["replicatedJobs"][2]["dependsOn"]] == steps[:2]
 
 
 # --- overlays' details and rendering ---
@@ -694,17 +651,18 @@ def test_render_sets_the_image_the_run_the_queue_and_the_priority(overlay: str,
 
 @pytest.mark.parametrize(("overlay", "settings", "named"), [
     ("single-gpu", {"RUN_ID": "Not_A_Job_Name"}, "RUN_ID"),
-    # JobSet names its Jobs and pods after it: a DNS label that starts with a letter, and room
-    # for -workers-0-<i>-<suffix> within 63 characters.
+    # JobSet names its Jobs and pods after it: DNS-1035 labels, a letter first.
     ("jobset", {"RUN_ID": "20261128-resnet50"}, "RUN_ID"),
-    ("trainjob", {"RUN_ID": "r" * 46}, "RUN_ID"),
+    ("trainjob", {"RUN_ID": "7-resnet50"}, "RUN_ID"),
     ("single-gpu", {"PRIORITY": "High"}, "PRIORITY"),
     ("single-gpu", {"QUEUE": "team a"}, "QUEUE"),
 ])
 def test_render_refuses_names_kubernetes_would(overlay: str, settings: dict, named: str) -> None:
+    """The characters; the lengths are test_k8s_names.py's."""
     result = subprocess.run([str(K8S / "render.sh"), overlay], capture_output=True,
                             text=True, env={**os.environ, **settings})
     assert result.returncode == 2 and result.stderr.startswith(named), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("overlay", ["single-gpu", "jobset", "trainjob"])
@@ -737,7 +695,8 @@ def test_make_k8s_render_passes_the_run_the_image_and_the_priority() -> None:
 @unless_ci(shutil.which("make") is None, "make is not installed")
 @pytest.mark.parametrize(("overlay", "selector"), [
     ("multi-node", f"{JOB_NAME_LABEL}=run-9"), ("jobset", f"{JOBSET_NAME_LABEL}=run-9"),
-    ("trainjob", f"{JOBSET_NAME_LABEL}=run-9")])
+    ("trainjob", f"{JOBSET_NAME_LABEL}=run-9"),
+    ("trainjob-initializers", f"{JOBSET_NAME_LABEL}=run-9")])
 def test_make_k8s_logs_selects_the_runs_pods(overlay: str, selector: str) -> None:
     result = subprocess.run(["make", "-n", "--no-print-directory", "k8s-logs",
                              f"OVERLAY={overlay}", "RUN_ID=run-9"], cwd=REPO,

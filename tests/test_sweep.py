@@ -10,6 +10,7 @@ resolves to.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -148,9 +149,12 @@ def test_sweep_overlay_is_an_indexed_job_of_one_pod_per_combination() -> None:
     assert job["completionMode"] == "Indexed"
     assert job["completions"] == len(grid) == 4
     assert 1 <= job["parallelism"] <= job["completions"]
-    # The base Job's failure policy and security, unchanged.
+    # The base Job's failure policy, but exits 2, 3, 4 fail one combination alone (what that
+    # does: test_k8s_failures.py), and its security, unchanged.
     base = the_one(_single_gpu(), "Job")["spec"]
-    assert job["podFailurePolicy"] == base["podFailurePolicy"]
+    policy = copy.deepcopy(base["podFailurePolicy"])
+    policy["rules"][0]["action"] = "FailIndex"
+    assert job["podFailurePolicy"] == policy and job["backoffLimitPerIndex"] >= 1
     assert job["template"]["spec"]["securityContext"] == base["template"]["spec"][
         "securityContext"]
     container = trainer_container(objects)

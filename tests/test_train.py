@@ -13,7 +13,10 @@ from conftest import TINY_JOB, clean_environ, run_entrypoint
 from trainer.control import out_of_memory_is_a_setting
 from trainer.errors import ConfigError
 from trainer.models.classifier import build_model
+from trainer.reports.sweep_page import collect_runs, sweep_lines
+from trainer.runs import list_runs
 from trainer.settings import load_settings
+from trainer.store.stores import LocalStore
 
 
 def test_a_diverging_loss_stops_with_exit_2_keeping_the_epochs_before(
@@ -22,20 +25,29 @@ def test_a_diverging_loss_stops_with_exit_2_keeping_the_epochs_before(
     build_model("VGG16", "avg", 32, 4, None).save_weights(weights)
     # Epoch 1 trains the head at a sane rate; epoch 2 fine-tunes at an absurd one.
     env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path / "runs"),
-                        RUN_ID="diverges", WEIGHTS=str(weights), EPOCHS="1",
+                        RUN_ID="lr-1", WEIGHTS=str(weights), EPOCHS="1",
                         FINE_TUNE_EPOCHS="1", FINE_TUNE_LEARNING_RATE="1e30",
                         VALIDATION_SPLIT="0.25")
     result = run_entrypoint(env)
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "loss became NaN or infinite in epoch 2" in line and "lower LEARNING_RATE" in line
-    run = tmp_path / "runs" / "diverges"
+    run = tmp_path / "runs" / "lr-1"
     history = json.loads((run / "history.json").read_text())  # valid JSON: NaN is null
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[0]["val_accuracy"] is not None and history[1]["loss"] is None
     pointer = json.loads((run / "state" / "LATEST.json").read_text())
     assert pointer["states"][0]["epoch"] == 1  # the diverged epoch is not kept
     assert (run / "best.h5").is_file() and not (run / "manifest.json").exists()
+    # Combination 1 of a sweep `lr` (its RUN_ID): `trainer runs --sweep` shows that it failed
+    # and why, from the store, once its pod is gone (the other combinations go on).
+    store = LocalStore(str(tmp_path / "runs"))
+    header, row = sweep_lines(collect_runs(store, "lr"))
+    assert header.split() == ["RUN_ID", "STATUS", "EPOCHS", "BEST", "BEST_EPOCH", "WHY"]
+    why = f"exit 2: {line.removeprefix('error: ')}"
+    assert row.split()[:3] == ["lr-1", "failed", "2"] and row.endswith(why)
+    (listed,) = list_runs(store)[1:]
+    assert listed.split()[:3] == ["lr-1", "failed", "2"] and listed.endswith(why)
 
 
 def test_float16_across_replicas_is_refused(tiny_npz: Path, tmp_path: Path) -> None:

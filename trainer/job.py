@@ -18,9 +18,11 @@ from pathlib import Path
 from trainer.cluster.platforms import resolve_platform
 from trainer.cluster.specs import resolve_cluster
 from trainer.data.load import Dataset, fetch_dataset, load_dataset
+from trainer.errors import Terminated, TrainerError
 from trainer.logs import get_logger
 from trainer.serving.formats import check_export_runtimes
 from trainer.settings import Settings
+from trainer.store.failures import clear_failure, record_failure
 from trainer.store.stores import Store, key_in, open_store
 
 
@@ -38,13 +40,22 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
     # The platform's environment: on SageMaker, TF_CONFIG comes from its resourceconfig.json.
     platform = resolve_platform(os.environ if environ is None else environ)
     cluster, _ = resolve_cluster(platform.environ)
-    dataset = load_run_dataset(settings, cluster.task_position, cluster.task_count)
-    weights = None if settings.weights == "none" else fetch_if_remote(settings, settings.weights,
-                                                                     "weights")
-    # The TensorFlow boundary (see trainer/__init__.py).
-    from trainer.train import train
+    if cluster.is_chief:
+        clear_failure(store, settings.run_key)
+    try:
+        dataset = load_run_dataset(settings, cluster.task_position, cluster.task_count)
+        weights = None if settings.weights == "none" else fetch_if_remote(
+            settings, settings.weights, "weights")
+        # The TensorFlow boundary (see trainer/__init__.py).
+        from trainer.train import train
 
-    train(settings, store, dataset, weights, platform.environ)
+        train(settings, store, dataset, weights, platform.environ)
+    except Terminated:
+        raise  # saved, and resumed when it starts again: not a failure
+    except TrainerError as error:
+        if cluster.is_chief:  # what `trainer runs` shows, beside the epochs it did
+            record_failure(store, settings.run_key, error)
+        raise
 
 
 def load_run_dataset(settings: Settings, worker: int = 0, workers: int = 1) -> Dataset:

@@ -10,6 +10,7 @@ from trainer.errors import DataError, StorageError
 from trainer.reports.run_page import PICTURES, build_report
 from trainer.serving.runtimes import saved_model_version
 from trainer.store.artifacts import EVALUATION_FILES
+from trainer.store.failures import read_failure
 from trainer.store.files import sha256_of, write_atomic
 from trainer.store.stores import Store
 
@@ -38,9 +39,12 @@ def list_runs(store: Store) -> list[str]:
             best += f" (epoch {manifest.get('best_epoch')})"
         else:
             history = _json(store, f"{run_id}/history.json")
-            if history is None and store.read_bytes(f"{run_id}/config.json") is None:
+            failure = read_failure(store, run_id)
+            if (history is None and failure is None
+                    and store.read_bytes(f"{run_id}/config.json") is None):
                 continue
-            status, epochs, best = "running", len(history or []), "-"
+            status, epochs = "failed" if failure else "running", len(history or [])
+            best = f"exit {failure['exit_code']}: {failure.get('error', '')}" if failure else "-"
         lines.append(f"{run_id:<44} {status:<10} {epochs:>6}  {best}")
     return lines
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from trainer.errors import StorageError
 from trainer.reports.run_page import STYLE, format_value, table
+from trainer.store.failures import read_failure
 from trainer.store.files import write_atomic
 from trainer.store.stores import Store
 
@@ -36,6 +37,7 @@ class SweepRun:
     best_epoch: int | None
     settings: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None  # why it failed (failure.json), with its exit code
 
     @property
     def epochs(self) -> int:
@@ -61,7 +63,8 @@ def collect_runs(store: Store, sweep: str) -> list[SweepRun]:
         config = _json(store, f"{run_id}/config.json") or {}
         history = _json(store, f"{run_id}/history.json") or []
         manifest = _json(store, f"{run_id}/manifest.json")
-        if not config and not history and not isinstance(manifest, dict):
+        failure = None if isinstance(manifest, dict) else read_failure(store, run_id)
+        if not config and not history and not isinstance(manifest, dict) and not failure:
             continue
         settings = config.get("settings", {}) if isinstance(config, dict) else {}
         monitor = settings.get("monitor", "val_accuracy")
@@ -71,9 +74,11 @@ def collect_runs(store: Store, sweep: str) -> list[SweepRun]:
                            manifest.get("best_epoch"), settings, history)
         else:
             best = _best_row(history, monitor)
-            run = SweepRun(run_id, int(match.group(1)), "running", monitor,
-                           best[monitor] if best else None, best["epoch"] if best else None,
-                           settings, history)
+            run = SweepRun(run_id, int(match.group(1)), "failed" if failure else "running",
+                           monitor, best[monitor] if best else None,
+                           best["epoch"] if best else None, settings, history,
+                           f"exit {failure['exit_code']}: {failure.get('error', '')}"
+                           if failure else None)
         runs.append(run)
     if not runs:
         raise StorageError(f"no runs of sweep {sweep} (run ids {sweep}-<index>) in {store.uri}; "
@@ -114,13 +119,17 @@ def _variable(name: str) -> str:
 
 
 def sweep_lines(runs: list[SweepRun]) -> list[str]:
-    """`trainer runs --sweep`: one line per run, best first, with its varying settings."""
+    """`trainer runs --sweep`: one line per run, best first, with its varying settings (and
+    why a failed run failed)."""
     varying = varying_settings(runs)
-    header = ["RUN_ID", "STATUS", "EPOCHS", *map(_variable, varying), "BEST", "BEST_EPOCH"]
+    why = any(run.error for run in runs)
+    header = ["RUN_ID", "STATUS", "EPOCHS", *map(_variable, varying), "BEST", "BEST_EPOCH",
+              *(["WHY"] if why else [])]
     rows = [[run.run_id, run.status, str(run.epochs),
              *(format_value(run.settings.get(name, "")) for name in varying),
              f"{run.monitor}={format_value(run.best_value)}" if run.best_value is not None
-             else "-", str(run.best_epoch or "-")] for run in runs]
+             else "-", str(run.best_epoch or "-"), *([run.error or ""] if why else [])]
+            for run in runs]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
             for row in [header, *rows]]

@@ -1,0 +1,67 @@
+"""Why a run stopped unfinished, kept in the store (trainer.store.failures), as the job records
+it (trainer.job.run_job) and `trainer runs` reads it. No TensorFlow: these runs fail before
+training. A run that fails while training: tests/test_train.py (the diverging loss)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY_JOB, S3Server, clean_environ
+
+from trainer.errors import DataError, TrainerError, TransientError
+from trainer.job import run_job
+from trainer.reports.sweep_page import collect_runs, sweep_lines
+from trainer.runs import list_runs
+from trainer.settings import load_settings
+from trainer.store.failures import FAILURE_FILE, clear_failure, read_failure, record_failure
+from trainer.store.s3 import S3Store
+from trainer.store.stores import LocalStore
+
+
+def test_a_run_that_fails_records_its_exit_code_and_line(tmp_path: Path) -> None:
+    settings = load_settings(clean_environ(TINY_JOB, DATASET=str(tmp_path / "nowhere"),
+                                           ARTIFACT_URI=str(tmp_path / "runs"), RUN_ID="lr-3"))
+    with pytest.raises(DataError) as caught:
+        run_job(settings, clean_environ())
+    store = LocalStore(str(tmp_path / "runs"))
+    assert read_failure(store, "lr-3") == {"status": "failed", "exit_code": 3,
+                                           "error": str(caught.value)}
+    (line,) = list_runs(store)[1:]
+    assert line.split()[:2] == ["lr-3", "failed"] and line.endswith(f"exit 3: {caught.value}")
+    # Combination 3 of the sweep `lr`, failed before its first epoch, is listed with it.
+    header, row = sweep_lines(collect_runs(store, "lr"))
+    assert header.split()[-1] == "WHY" and row.split()[:3] == ["lr-3", "failed", "0"]
+    assert row.endswith(f"exit 3: {caught.value}")
+
+
+def test_the_record_holds_no_secret_and_a_new_attempt_clears_it(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path))
+    record_failure(store, "run", TransientError(
+        "s3://bucket unreachable at https://user:hunter2@minio:9000/?X-Amz-Signature=abc"))
+    failure = read_failure(store, "run")
+    assert failure and failure["exit_code"] == 75
+    assert "hunter2" not in json.dumps(failure) and "abc" not in json.dumps(failure)
+    clear_failure(store, "run")
+    assert read_failure(store, "run") is None and not (tmp_path / "run" / FAILURE_FILE).exists()
+
+
+def test_in_s3_a_first_attempt_clears_nothing_and_a_record_is_cleared(
+        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    store = S3Store(f"s3://{s3_server.new_bucket()}/runs", s3_server.endpoint, "path")
+    clear_failure(store, "lr-0")  # every run's start: nothing there yet is no error
+    record_failure(store, "lr-0", DataError("DATASET=s3://b/x: no such prefix"))
+    assert read_failure(store, "lr-0") == {"status": "failed", "exit_code": 3,
+                                           "error": "DATASET=s3://b/x: no such prefix"}
+    clear_failure(store, "lr-0")
+    assert read_failure(store, "lr-0") is None
+
+
+def test_a_store_that_cannot_take_the_record_leaves_the_error_alone(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    store = LocalStore(str(tmp_path / "file"))
+    record_failure(store, "run", TrainerError("the error the job reports"))  # no raise
+    assert read_failure(store, "run") is None
