@@ -18,11 +18,11 @@ from pathlib import Path
 from trainer.cluster.platforms import resolve_platform
 from trainer.cluster.specs import resolve_cluster
 from trainer.data.load import Dataset, fetch_dataset, load_dataset
-from trainer.errors import Terminated, TrainerError
+from trainer.errors import TrainerError
 from trainer.logs import get_logger
 from trainer.serving.formats import check_export_runtimes
 from trainer.settings import Settings
-from trainer.store.failures import clear_failure, record_failure
+from trainer.store.failures import UNRECOVERABLE, clear_failure, record_failure
 from trainer.store.stores import Store, key_in, open_store
 
 
@@ -50,10 +50,8 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
         from trainer.train import train
 
         train(settings, store, dataset, weights, platform.environ)
-    except Terminated:
-        raise  # saved, and resumed when it starts again: not a failure
     except TrainerError as error:
-        if cluster.is_chief:  # what `trainer runs` shows, beside the epochs it did
+        if cluster.is_chief and error.exit_code in UNRECOVERABLE:  # what `trainer runs` shows
             record_failure(store, settings.run_key, error)
         raise
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_JOB, S3Server, clean_environ
+from conftest import TINY_JOB, S3Server, clean_environ, free_ports
 
 from trainer.errors import DataError, TrainerError, TransientError
 from trainer.job import run_job
@@ -34,6 +34,19 @@ def test_a_run_that_fails_records_its_exit_code_and_line(tmp_path: Path) -> None
     header, row = sweep_lines(collect_runs(store, "lr"))
     assert header.split()[-1] == "WHY" and row.split()[:3] == ["lr-3", "failed", "0"]
     assert row.endswith(f"exit 3: {caught.value}")
+
+
+def test_a_failure_that_a_retry_may_mend_is_not_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (port,) = free_ports(1)  # nothing listens: storage unreachable, exit 75, retried
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    settings = load_settings(clean_environ(
+        TINY_JOB, DATASET="s3://bucket/flowers", S3_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        ARTIFACT_URI=str(tmp_path / "runs"), RUN_ID="lr-4"))
+    with pytest.raises(TransientError):
+        run_job(settings, clean_environ())
+    assert not (tmp_path / "runs" / "lr-4").exists()
 
 
 def test_the_record_holds_no_secret_and_a_new_attempt_clears_it(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Why a run stopped without finishing: `<RUN_ID>/failure.json`, written by the chief when the
-job fails with an error it can name (its exit code and the one line it prints), read by
+"""Why a run cannot finish: `<RUN_ID>/failure.json`, written by the chief when the job fails
+with an error that no retry helps (its exit code and the one line it prints), read by
 `trainer runs` and `trainer runs --sweep`, and removed when the run starts again. The pod's
 termination message says the same, but a sweep's runs are compared from the store, after their
 pods are gone (a sweep's combination that cannot work fails alone and the others go on).
@@ -18,6 +18,10 @@ from trainer.redaction import redact
 from trainer.store.stores import Store, key_in
 
 FAILURE_FILE = "failure.json"
+# The contract's exit codes that retrying cannot help, on which the Job's podFailurePolicy fails
+# the run (a sweep's index) at once: a record of one stays true until the run is started again.
+# 75 and 1 are retried, so a record of them would say "failed" of a run that goes on.
+UNRECOVERABLE = frozenset({2, 3, 4})
 
 
 def record_failure(store: Store, run_key: str, error: TrainerError) -> None:
