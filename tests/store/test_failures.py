@@ -4,6 +4,7 @@ training. A run that fails while training: tests/test_train.py (the diverging lo
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from conftest import TINY_JOB, S3Server, clean_environ, free_ports
 
 from trainer.errors import DataError, TrainerError, TransientError
 from trainer.job import run_job
-from trainer.reports.sweep_page import collect_runs, sweep_lines
+from trainer.reports.sweep_page import build_sweep_page, collect_runs, sweep_lines
 from trainer.runs import list_runs
 from trainer.settings import load_settings
 from trainer.store.failures import FAILURE_FILE, clear_failure, read_failure, record_failure
@@ -34,6 +35,8 @@ def test_a_run_that_fails_records_its_exit_code_and_line(tmp_path: Path) -> None
     header, row = sweep_lines(collect_runs(store, "lr"))
     assert header.split()[-1] == "WHY" and row.split()[:3] == ["lr-3", "failed", "0"]
     assert row.endswith(f"exit 3: {caught.value}")
+    page = build_sweep_page("lr", collect_runs(store, "lr"))
+    assert "<th>why</th>" in page and html.escape(f"exit 3: {caught.value}") in page
 
 
 def test_a_failure_that_a_retry_may_mend_is_not_recorded(

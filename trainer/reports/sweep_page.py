@@ -174,12 +174,14 @@ def build_sweep_page(sweep: str, runs: list[SweepRun]) -> str:
     """One self-contained page: the runs ranked in a table, and their curves overlaid."""
     varying = varying_settings(runs)
     monitor = runs[0].monitor if runs else "best value"
+    why = any(run.error for run in runs)
     header = ["run", "status", "epochs", *map(_variable, varying), f"best {monitor}",
-              "best epoch"]
+              "best epoch", *(["why"] if why else [])]
     rows = [[run.run_id, run.status, run.epochs,
              *(run.settings.get(name, "") for name in varying),
              "" if run.best_value is None else run.best_value,
-             "" if run.best_epoch is None else run.best_epoch] for run in runs]
+             "" if run.best_epoch is None else run.best_epoch,
+             *([run.error or ""] if why else [])] for run in runs]
     picture = base64.b64encode(curves_png(runs)).decode("ascii")
     title = f"Sweep {html.escape(sweep)}"
     parts = [f"<h1>{title}</h1>",
