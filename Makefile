@@ -1,4 +1,5 @@
 # Every target creates what it needs: `make run` and `make test` work on a fresh clone.
+# PYTHON: the interpreter of .venv (Python 3.11 or 3.12), e.g. make run PYTHON=python3.12.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,31 +7,37 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv run test lint bench clean s3-local container-test
 
-venv: $(STAMP)
+# The interpreter is checked every time (a .venv that is broken, or made by an unsupported or
+# another given interpreter, is made anew), then '.[dev]' installed when pyproject.toml changed.
+venv:
+	@bash scripts/venv.sh "$(PYTHON)" $(VENV) $(if $(filter command line environment,$(origin PYTHON)),1,0)
+	@$(MAKE) --no-print-directory --silent $(STAMP)
 
+# pip's progress, not minutes of silence; a venv made before the distribution was renamed
+# (keras-image-trainer) loses the old name's claim on trainer/ first.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# A venv made before the distribution was renamed holds the old name's claim on trainer/.
+	@echo "installing '.[dev]' into $(VENV): CPU TensorFlow and the test tools, about 3 GB" \
+		"(a few minutes the first time)"
+	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip uninstall --quiet --yes trainer 2>/dev/null || true
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
 	touch $(STAMP)
 
 # Trains a small model from scratch on the offline `digits` dataset into ./runs.
-run: $(STAMP)
+run: venv
 	DATASET=digits BACKBONE=VGG16 WEIGHTS=none IMAGE_SIZE=32 LEARNING_RATE=1e-4 EPOCHS=2 \
 	BATCH_SIZE=32 ARTIFACT_URI=./runs $(BIN)/python entrypoint.py
 
 # A local S3-compatible server (rclone's, which checks credentials) to try ARTIFACT_URI=s3://...
 S3_LOCAL_PORT ?= 9000
-s3-local: $(STAMP)
+s3-local: venv
 	mkdir -p s3-data/runs
 	@echo "S3 on http://127.0.0.1:$(S3_LOCAL_PORT): key trainer, secret trainer-secret, bucket runs (Ctrl-C stops)"
 	RCLONE_CONFIG=/nonexistent $(BIN)/rclone serve s3 --addr 127.0.0.1:$(S3_LOCAL_PORT) \
 		--auth-key trainer,trainer-secret s3-data
 
 # ruff, then mypy over trainer/ (untyped function bodies checked too).
-lint: $(STAMP)
+lint: venv
 	$(BIN)/ruff check trainer tests bench entrypoint.py
 	$(BIN)/mypy
 
@@ -40,13 +47,15 @@ test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # Builds the Dockerfile with buildah and runs a tiny job in it against S3 on loopback (root).
-container-test: $(STAMP)
+container-test: venv
 	bash scripts/container-test.sh
 
 # Figures in BENCHMARKS.md, measured side by side on this machine.
-bench: $(STAMP)
+bench: venv
 	$(BIN)/python bench/bench.py
 
+# Removes .venv (make it anew with another interpreter: make clean; make run PYTHON=...),
+# ./runs and the local S3 server's files.
 clean:
 	rm -rf $(VENV) runs s3-data *.egg-info build
 include mk/deploy.mk

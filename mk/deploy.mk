@@ -1,4 +1,4 @@
-# Image and cluster targets, included by the Makefile (which defines BIN and STAMP). docs/docker.md
+# Image and cluster targets, included by the Makefile (which defines BIN and venv). docs/docker.md
 # and docs/kubernetes.md walk through them.
 #   make image IMAGE=my.registry/trainer:0.1.0 [BAKE_WEIGHTS="ResNet50 MobileNetV2"]
 #   make docker-run ENV_FILE=trainer.env
@@ -60,6 +60,6 @@ k8s-logs:
 	$(KUBECTL) logs $(namespace) --follow --prefix --all-containers --max-log-requests 16 \
 		--selector $(pods)
 
-fetch: $(STAMP)
+fetch: venv
 	@test -n "$(RUN_ID)" || { echo "usage: make fetch RUN_ID=<run> [ARTIFACT_URI=s3://...] [TO=models]"; exit 2; }
 	$(BIN)/trainer fetch $(RUN_ID) --to $(or $(TO),models) $(if $(ARTIFACT_URI),--artifact-uri $(ARTIFACT_URI))

@@ -40,6 +40,9 @@ def test_the_readme_is_a_front_page_that_links_every_docs_page() -> None:
     assert len(text.splitlines()) <= 200, "README.md is a front page: move references to docs/"
     assert "make run" in text and "make test" in text
     assert ACTIVATE in text and ".venv/bin/trainer" in text
+    assert "PYTHON=" in text and "make clean" in text
+    # The first examples download; their offline variants stand next to them.
+    assert "--weights none" in text and "WEIGHTS=/" in text
     linked = {target.split("#")[0] for target in LINK.findall(text)}
     unlinked = [p.name for p in PAGES[1:] if f"docs/{p.name}" not in linked]
     assert not unlinked, f"docs pages the README does not link: {unlinked}"

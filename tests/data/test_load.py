@@ -122,9 +122,12 @@ def test_an_unreachable_mirror_is_transient_and_a_missing_archive_is_not(
 
     _, _, table = mirror
     dead = f"http://127.0.0.1:{free_ports(1)[0]}/"  # nothing listens there: connection refused
-    with pytest.raises(TransientError, match=f"could not fetch {dead}mnist.npz"):
+    with pytest.raises(TransientError, match=f"could not fetch {dead}mnist.npz") as caught:
         load_dataset("mnist", validation_split=0.1, seed=0, mirror=dead, archives=table,
                      cache_dir=str(tmp_path))
+    # How to run where there is no internet, in the message that exit 75 prints.
+    assert "Without internet: DATASET_MIRROR=<folder or URL holding mnist.npz>" in str(
+        caught.value) and "DATASET=digits, which needs no download" in str(caught.value)
     empty = tmp_path / "empty-mirror"
     empty.mkdir()
     with pytest.raises(DataError, match="could not fetch mnist.npz"):

@@ -93,7 +93,9 @@ def _fetch(name: str, archive: Archive, mirror: str | None, cache_dir: str | Non
         if is_network_outage(error):
             raise TransientError(
                 f"DATASET={name}: could not fetch {base + archive.file_name} ({reason}); the "
-                "network or the server is down: retry later, or set DATASET_MIRROR") from error
+                "network or the server is down: retry later. Without internet: DATASET_MIRROR="
+                f"<folder or URL holding {archive.file_name}>, a DATASET of your own (a path or "
+                "s3:// URI), or DATASET=digits, which needs no download") from error
         raise DataError(
             f"DATASET={name}: could not fetch {archive.file_name} from {base} ({reason}); "
             "set DATASET_MIRROR to a URL or folder holding the archive, or use a local dataset path"

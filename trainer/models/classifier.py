@@ -50,12 +50,15 @@ def build_classifier(backbone: str, pooling: str, image_size: int, num_classes: 
             raise TransientError(
                 f"WEIGHTS=imagenet: could not download {backbone}'s ImageNet weights "
                 f"({str(error).splitlines()[0][:200]}); the network or the server is down: "
-                "retry later, or give WEIGHTS=<path or s3:// URI of the weights file>") from error
+                "retry later. Without internet: WEIGHTS=<path or s3:// URI of the weights "
+                f"file>, the weights baked into the image (--build-arg BAKE_WEIGHTS={backbone}), "
+                "or WEIGHTS=none to train from scratch") from error
         if weights == "imagenet" and "fetch" in str(error).lower():
             raise DataError(
                 f"WEIGHTS=imagenet: could not download {backbone}'s ImageNet weights "
-                "(no internet?); give WEIGHTS=<path or s3:// URI of the weights file>, or bake "
-                f"them into the image with --build-arg BAKE_WEIGHTS={backbone}"
+                "(no internet?); give WEIGHTS=<path or s3:// URI of the weights file>, bake "
+                f"them into the image with --build-arg BAKE_WEIGHTS={backbone}, or train from "
+                "scratch with WEIGHTS=none"
             ) from error
         raise
 
