@@ -8,7 +8,7 @@ follows the contract: 0 done, 2 configuration, 3 data, 4 storage, 75 transient, 
 
 import sys
 
-from trainer.cli import main
+from trainer.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1 + (sys.argv[1:2] == ["train"]):]]))  # SageMaker: train
+    sys.exit(entry(["train", *sys.argv[1 + (sys.argv[1:2] == ["train"]):]]))  # SageMaker: train

@@ -20,7 +20,7 @@ TAKEN = {"trainer"}
 def test_the_distribution_has_a_name_of_its_own_and_keeps_the_trainer_command() -> None:
     name = PROJECT["name"]
     assert name not in TAKEN
-    assert PROJECT["scripts"] == {"trainer": "trainer.cli:main"}
+    assert PROJECT["scripts"] == {"trainer": "trainer.cli:entry"}
     assert any(extra.startswith(f"{name}[") for extra in PROJECT["optional-dependencies"]["dev"])
 
 

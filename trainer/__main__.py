@@ -7,6 +7,6 @@ an entry: the one place in the package that exits, with the code trainer.cli.mai
 
 import sys
 
-from trainer.cli import main
+from trainer.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

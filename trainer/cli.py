@@ -28,7 +28,7 @@ from trainer.cluster.platforms import failure_file
 from trainer.data.load import fetch_dataset
 from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError
 from trainer.job import run_job
-from trainer.logs import setup_logging
+from trainer.logs import filter_native_logs, setup_logging
 from trainer.redaction import redact
 from trainer.reports.sweep_page import collect_runs, sweep_lines, write_sweep_report
 from trainer.runs import fetch_run, list_runs, rebuild_report, resolve_model
@@ -245,6 +245,17 @@ def sweep(grid: str, name: str | None) -> None:
     settings = load_settings(os.environ)
     setup_logging(settings.log_level, settings.log_format)
     run_sweep(grid, name, os.environ)
+
+
+def entry(argv: Sequence[str] | None = None) -> int:
+    """main() for a process of its own (the console script, entrypoint.py, python -m trainer):
+    TensorFlow's C++ logs filtered off stderr unless LOG_LEVEL=DEBUG asks for them."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    debug = os.environ.get("LOG_LEVEL", "").upper() == "DEBUG" or any(
+        arg.upper() in ("--LOG-LEVEL=DEBUG", "DEBUG") for arg in args)
+    if not debug:
+        filter_native_logs()
+    return main(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,10 +5,16 @@ Fields passed as `extra=` (run_id, epoch, metrics) become JSON keys, or `key=val
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
 import sys
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -84,3 +90,92 @@ def quiet_libraries(debug: bool) -> None:
 
 def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
+
+
+DOWNLOAD_PROGRESS_SECONDS = 10.0
+
+
+class _DownloadProgress:
+    """urlretrieve's report hook: a log line when a download starts, every
+    DOWNLOAD_PROGRESS_SECONDS with the bytes and percent done, and when it ends."""
+
+    def __init__(self, what: str, url: str) -> None:
+        self.what, self.url = what, url
+        self.started = self.reported = time.monotonic()
+        get_logger().info(f"downloading {what}", extra={"url": url})
+
+    def __call__(self, blocks: int, block_size: int, total: int) -> None:
+        done = blocks * block_size if total <= 0 else min(blocks * block_size, total)
+        now = time.monotonic()
+        if now - self.reported < DOWNLOAD_PROGRESS_SECONDS and not 0 < total <= done:
+            return
+        self.reported = now
+        extra: dict[str, float | int | str] = {"url": self.url, "bytes_done": done}
+        text = f"{done / 1e6:.1f} MB"
+        if total > 0:
+            extra.update(bytes_total=total, percent=round(100 * done / total, 1))
+            text += f" of {total / 1e6:.1f} MB ({100 * done / total:.0f} %)"
+        verb = "downloaded" if 0 < total <= done else "downloading"
+        get_logger().info(f"{verb} {self.what}: {text}", extra=extra)
+
+
+@contextmanager
+def downloads_logged(what: str) -> Iterator[None]:
+    """Keras' downloads (get_file: the built-in datasets, ImageNet weights) report through the
+    trainer logger: its "Downloading data from" line and progress bar, printed on stdout,
+    would break the one-JSON-object-per-line log."""
+    import keras  # starts TensorFlow: only around a download
+    from keras.src.utils import file_utils
+
+    keras.config.disable_interactive_logging()  # its messages go to absl's logger, quieted
+    retrieve = file_utils.urlretrieve
+
+    def logged(url: str, filename: str, reporthook: object = None) -> object:
+        return retrieve(url, filename, _DownloadProgress(what, url))
+
+    file_utils.urlretrieve = logged
+    try:
+        yield
+    finally:
+        file_utils.urlretrieve = retrieve
+
+
+# TensorFlow's C++ INFO and WARNING lines as absl writes them (I1205 12:00:00.123456  123
+# file.cc:12] ...; before absl::InitializeLog the time reads 00:00:<epoch seconds>), the notice
+# absl prints before its first one, and cpu_feature_guard's second line. Errors (E, F) stay.
+NATIVE_LOG_LINE = re.compile(
+    rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|[IW]\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] "
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] "
+    rb"|To enable the following instructions: .* rebuild TensorFlow")
+
+
+def filter_native_logs() -> None:
+    """Take TensorFlow's C++ chatter off stderr, for this process and the ones it starts.
+
+    TensorFlow 2.21 logs through absl, which writes every line to stderr until
+    absl::InitializeLog is called (TensorFlow never calls it), whatever TF_CPP_MIN_LOG_LEVEL
+    says (abseil-cpp#1718). So stderr's file descriptor, where C++ writes, becomes a pipe that
+    a thread reads, passing on every line but those. For the entry points only (an entry
+    module, the console script), never inside a process that is not the job's own."""
+    read_end, write_end = os.pipe()
+    stderr = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with open(read_end, "rb") as source, open(stderr, "wb", closefd=False) as target:
+            for line in source:
+                if not NATIVE_LOG_LINE.match(line):
+                    target.write(line)
+                    target.flush()
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def restore() -> None:  # the last lines through, before the process ends
+        sys.stderr.flush()
+        os.dup2(stderr, 2)  # closes this process's write end of the pipe
+        thread.join(timeout=5)
+
+    atexit.register(restore)

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import logging
 import pickle
 import tarfile
 import threading
@@ -98,6 +99,43 @@ def test_builtin_datasets_load_through_an_http_mirror(
     assert len(data.class_names) == classes and data.class_names[0] == first
     assert data.train.images.dtype == np.uint8 and data.train.images.shape[1] == side
     assert set(data.train.labels) <= set(range(classes))
+
+
+def test_a_download_reports_through_the_log_with_bytes_and_percent(
+        mirror: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Keras' own "Downloading data from" line and progress bar would land on stdout, between
+    the JSON log lines; the job's log says it instead, with the bytes and percent done."""
+    import keras
+
+    from trainer import logs
+
+    keras.config.enable_interactive_logging()  # as a fresh process starts
+    monkeypatch.setattr(logs, "DOWNLOAD_PROGRESS_SECONDS", 0.0)  # a line per block
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("trainer")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        url, root, table = mirror
+        load_dataset("cifar10", validation_split=0.1, seed=0, mirror=url, archives=table,
+                     cache_dir=str(tmp_path))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert "Downloading data from" not in capsys.readouterr().out
+    size = (root / "cifar-10-python.tar.gz").stat().st_size
+    lines = [r for r in records if r.getMessage().startswith(
+        ("downloading cifar-10-python.tar.gz of cifar10", "downloaded cifar-10-python"))]
+    assert lines[0].getMessage() == "downloading cifar-10-python.tar.gz of cifar10"
+    assert lines[0].url == f"{url}cifar-10-python.tar.gz"
+    percents = [r.percent for r in lines[1:]]
+    assert percents == sorted(percents) and percents[-1] == 100.0 and len(percents) > 1
+    assert lines[-1].bytes_done == lines[-1].bytes_total == size
+    assert lines[-1].getMessage().startswith("downloaded cifar-10-python.tar.gz of cifar10: ")
 
 
 def test_a_mirror_folder_works_like_a_url(mirror: tuple, tmp_path: Path) -> None:

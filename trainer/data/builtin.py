@@ -24,7 +24,7 @@ import numpy as np
 from trainer.data.arrays import from_arrays
 from trainer.data.splits import Dataset, random_split
 from trainer.errors import DataError, TransientError, is_network_outage
-from trainer.logs import get_logger
+from trainer.logs import downloads_logged, get_logger
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"]
@@ -76,8 +76,6 @@ def load_builtin(name: str, *, validation_split: float, seed: int, mirror: str |
 def _fetch(name: str, archive: Archive, mirror: str | None, cache_dir: str | None) -> str:
     import keras  # starts TensorFlow: only for a download
 
-    # get_file's progress bar would break the one-JSON-object-per-line log on stdout.
-    keras.config.disable_interactive_logging()
     base = archive.origin
     if mirror:
         base = mirror if "://" in mirror else Path(mirror).resolve().as_uri()
@@ -85,9 +83,11 @@ def _fetch(name: str, archive: Archive, mirror: str | None, cache_dir: str | Non
     get_logger().info(f"fetching {archive.file_name} of {name} (cached after the first time)",
                       extra={"origin": base + archive.file_name})
     try:
-        return keras.utils.get_file(fname=archive.file_name, origin=base + archive.file_name,
-                                    file_hash=archive.sha256, cache_dir=cache_dir,
-                                    cache_subdir=os.path.join("datasets", name))
+        with downloads_logged(f"{archive.file_name} of {name}"):
+            return keras.utils.get_file(fname=archive.file_name,
+                                        origin=base + archive.file_name,
+                                        file_hash=archive.sha256, cache_dir=cache_dir,
+                                        cache_subdir=os.path.join("datasets", name))
     except Exception as error:  # noqa: BLE001 - get_file raises bare Exception on fetch failures
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         if is_network_outage(error):

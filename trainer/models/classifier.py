@@ -15,6 +15,7 @@ from typing import Any
 import keras
 
 from trainer.errors import ConfigError, DataError, TransientError, is_network_outage
+from trainer.logs import downloads_logged
 
 
 def preprocess_function(backbone: str) -> Callable[[Any], Any]:
@@ -41,7 +42,9 @@ def build_classifier(backbone: str, pooling: str, image_size: int, num_classes: 
         raise DataError(f"WEIGHTS={weights} does not exist; give the path of a weights file, "
                         "WEIGHTS=imagenet or WEIGHTS=none")
     try:
-        return build_model(backbone, pooling, image_size, num_classes, weights, synchronized)
+        with downloads_logged(f"{backbone}'s ImageNet weights"):
+            return build_model(backbone, pooling, image_size, num_classes, weights,
+                               synchronized)
     except ValueError as error:
         raise ConfigError(f"BACKBONE={backbone} cannot be built with these settings: "
                           f"{str(error).splitlines()[0]}") from error
