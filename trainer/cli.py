@@ -25,7 +25,9 @@ from typing import Any, TypeVar
 import click
 
 from trainer.cluster.platforms import failure_file
-from trainer.data.load import fetch_dataset
+from trainer.data.load import fetch_dataset, remote_dataset
+from trainer.data.shards import default_cache_bytes
+from trainer.data.tfrecords import Remote
 from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError
 from trainer.job import run_job
 from trainer.logs import setup_logging
@@ -164,10 +166,15 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
 
     endpoint, style = options["s3_endpoint_url"], options["s3_addressing_style"]
     path = resolve_model(model, _store(options))
-    local = fetch_dataset(dataset, Path(work_dir) / "datasets", endpoint, style)
+    # Shards in S3 are streamed through a cache in WORK_DIR; anything else in S3 is fetched.
+    remote = Remote(endpoint, style, str(Path(work_dir) / "stream-cache" / "evaluate"),
+                    default_cache_bytes(work_dir), default_of(OPTIONS_BY_FIELD["upload_timeout"]))
+    streamed = remote_dataset(dataset, remote, validation_split=validation_split, seed=seed)
+    local = dataset if streamed else fetch_dataset(dataset, Path(work_dir) / "datasets",
+                                                   endpoint, style)
     metrics = evaluate_model(path, local, split, Path(destination),
                              validation_split=validation_split, seed=seed, mirror=dataset_mirror,
-                             bad_images=bad_images)
+                             bad_images=bad_images, remote=remote)
     click.echo(f"accuracy {metrics['accuracy']:.4f} on {metrics['examples']} images; "
                f"metrics.json, confusion.png and errors.png in {destination}")
 
