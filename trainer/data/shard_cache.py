@@ -100,10 +100,11 @@ class ShardCache:
                 self._drop(key)
             self._condition.notify_all()
 
-    def prefetch(self, key: str, size: int) -> bool:
-        """Download `key` if there is free room for it; False when there is none (or it failed)."""
+    def prefetch(self, key: str, size: int, wanted: Callable[[], bool] = lambda: True) -> bool:
+        """Download `key` if there is free room for it and it is still `wanted` (asked under
+        the lock that deletions take); False when not (or it failed)."""
         with self._condition:
-            if key in self._entries:
+            if key in self._entries or not wanted():
                 return True
             if self._reserved + size > self.limit:
                 return False
@@ -115,8 +116,7 @@ class ShardCache:
         return True
 
     def has_room_for(self, size: int) -> bool:
-        with self._condition:
-            return self._reserved + size <= self.limit
+        return self._reserved + size <= self.limit  # a hint: `prefetch` asks again, locked
 
     def present(self, key: str) -> bool:
         return key in self._entries  # a dict lookup: atomic under the GIL
@@ -182,7 +182,7 @@ class ShardCache:
                         f"storage stayed unreachable for UPLOAD_TIMEOUT={self.wait_seconds:g} s "
                         f"while streaming DATASET shard {self.where}{key}: {error}") from None
                 get_logger().warning(f"reading DATASET shard {key} failed, retrying in "
-                                     f"{backoff:.0f} s: {error}", extra={"shard": key})
+                                     f"{backoff:g} s: {error}", extra={"shard": key})
                 time.sleep(min(backoff, left))
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
@@ -207,6 +207,9 @@ class Reader:
         return self.cache.open(key, size)
 
     def close(self, index: int, done: bool) -> None:
+        if done:  # not to be fetched again for this place in the order: moved on before the
+            with self.cache._condition:  # deletion, under its lock (see `prefetch`)
+                self.position = max(self.position, index + 1)
         self.cache.close(self.order[index % len(self.order)][0], done)
         self._moved.set()
 
@@ -214,14 +217,14 @@ class Reader:
         self._stopped.set()
         self._moved.set()
 
-    def _next_missing(self) -> tuple[str, int] | None:
+    def _next_missing(self) -> tuple[int, str, int] | None:
         end = self.position + LOOKAHEAD + 1
         if not self.cyclic:
             end = min(end, len(self.order))
         for index in range(self.position, end):
             key, size = self.order[index % len(self.order)]
             if not self.cache.present(key):
-                return key, size
+                return index, key, size
         return None
 
     def _prefetch(self) -> None:
@@ -229,10 +232,11 @@ class Reader:
         while not self._stopped.is_set():
             self._moved.clear()
             target = self._next_missing()
-            if target is None or not self.cache.has_room_for(target[1]):
+            if target is None or not self.cache.has_room_for(target[2]):
                 self._moved.wait(timeout=1.0)  # the reader moved on, or a shard was deleted
                 continue
-            if self.cache.prefetch(*target):
+            index, key, size = target
+            if self.cache.prefetch(key, size, lambda at=index: at >= self.position):
                 pause = self.cache.first_backoff
             else:  # storage down, or the room was taken meanwhile
                 self._stopped.wait(pause)
@@ -256,21 +260,17 @@ def cache_for(remote: Remote, bucket: str) -> ShardCache:
         return _caches[folder]
 
 
-# --- Failures of streams, raised where the job can turn them into its exit code ---------------
-# A stream runs inside tf.data, whose errors lose their type (and whose decoding of broken images
-# skips failing elements): so a reader records why it stopped, and the job raises that instead
-# of the error TensorFlow reports.
+# --- Why a stream stopped: tf.data loses an error's type (and the decoding of broken images skips
+# failing elements), so a reader records it, and the job raises it instead of TensorFlow's error.
 _failures: list[BaseException] = []
 
 
 def record_failure(error: BaseException) -> None:
-    with _caches_lock:
-        _failures.append(error)
+    _failures.append(error)  # list.append is atomic under the GIL
 
 
 def failure() -> BaseException | None:
-    with _caches_lock:
-        return _failures[0] if _failures else None
+    return next(iter(_failures), None)
 
 
 @contextlib.contextmanager
@@ -281,10 +281,9 @@ def stream_failures_raised() -> Iterator[None]:
         yield
     except Exception as error:
         found = failure()
+        _failures.clear()
         if found is None or found is error:
             raise
-        with _caches_lock:
-            _failures.clear()
         raise found from error
 
 

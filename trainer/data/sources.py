@@ -30,6 +30,8 @@ from trainer.data.tfrecords import Records
 # Encoded TFRecords in the training shuffle buffer: at most this many, and at most a tenth of
 # the memory budget.
 RECORD_SHUFFLE_BUFFER = 10_000
+# Streamed shards read in order (evaluation) are read into memory this many examples at a time.
+READ_WINDOW = 1024
 
 _tensors: dict[int, tf.Tensor] = {}
 
@@ -57,7 +59,8 @@ def elements(split: Split | Records, worker: int, workers: int, order_seed: int 
     into a Split (images in memory or files), (record, name) for TFRecords, (payload, label,
     name) for streamed shards."""
     if isinstance(split, Records) and not split.native:
-        buffer = _record_buffer(split, worker, workers, budget) if order_seed is not None else 1
+        buffer = (_record_buffer(split, worker, workers, budget) if order_seed is not None
+                  else READ_WINDOW)
         return stream(split, worker, workers, order_seed, buffer)
     if isinstance(split, Records):
         ds = read_records(split, worker, workers, order_seed)
