@@ -1,12 +1,9 @@
 """A bounded local cache for shards streamed from S3: the shard being read and the next ones,
 downloaded in the background, never more than DATA_CACHE_BYTES on disk.
 
-    cache = cache_for(remote)                       # one per worker process and folder
-    reader = cache.reader([(key, size), ...])       # the order a stream reads its shards in
+    reader = cache_for(remote, bucket).reader([(key, size), ...])   # a stream's shard order
     path = reader.open(i)      # shard i of the order, downloaded now if it is not here yet
-    ...read it...
-    reader.close(i, done=True)                      # read: deleted at once
-    reader.stop()
+    reader.close(i, done=True)                      # read: deleted at once; reader.stop()
 
 Every download first reserves the shard's size (known from the listing); a download for a reader
 that waits on it (`open`) evicts shards nobody is reading to make room, a prefetch only uses room
@@ -236,7 +233,11 @@ class Reader:
                 self._moved.wait(timeout=1.0)  # the reader moved on, or a shard was deleted
                 continue
             index, key, size = target
-            if self.cache.prefetch(key, size, lambda at=index: at >= self.position):
+
+            def wanted(at: int = index) -> bool:
+                return at >= self.position
+
+            if self.cache.prefetch(key, size, wanted):
                 pause = self.cache.first_backoff
             else:  # storage down, or the room was taken meanwhile
                 self._stopped.wait(pause)

@@ -56,9 +56,11 @@ def _tar_examples(path: Path, wanted: Sequence[int], name: str) -> Iterator[Exam
     chosen, last = set(wanted), wanted[-1]
     with tarfile.open(path, mode="r:") as tar:
         for position, sample in enumerate(samples(tar, chosen.__contains__)):
-            if position in chosen:
-                label = -1 if sample.label is None else sample.label
-                yield position, sample.image or b"", label, f"{name}#{sample.key}"
+            if position in chosen:  # without a label, its image is left out as broken
+                if sample.image is None or sample.label is None:
+                    yield position, b"", -1, f"{name}#{sample.key}"
+                else:
+                    yield position, sample.image, sample.label, f"{name}#{sample.key}"
             if position >= last:
                 return
 
