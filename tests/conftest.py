@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -594,3 +595,29 @@ def upload_folder(client, bucket: str, folder: Path, prefix: str) -> int:  # noq
         client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
         total += path.stat().st_size
     return total
+
+
+class DiskSampler:
+    """The bytes under each folder, sampled from another thread while a test runs: the disk's
+    high-water mark (the largest of the folders'), measured, not taken from the cache's books."""
+
+    def __init__(self, *folders: Path) -> None:
+        self.folders, self.peak, self._done = folders, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            for folder in self.folders:
+                total = 0
+                for top, _, files in os.walk(folder):
+                    for name in files:
+                        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                            total += os.stat(os.path.join(top, name)).st_size
+                self.peak = max(self.peak, total)
+            time.sleep(0.002)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join(timeout=10)
+        return self.peak

@@ -5,7 +5,6 @@ TensorFlow."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import S3Server
+from conftest import DiskSampler, S3Server
 from faults import FaultProxy
 
 from trainer.data.shard_cache import ShardCache
@@ -31,31 +30,6 @@ def _shards(server: S3Server, count: int) -> tuple[str, list[tuple[str, int]], d
     for key, body in contents.items():
         client.put_object(Bucket=bucket, Key=key, Body=body)
     return bucket, [(key, SHARD) for key in contents], contents
-
-
-class DiskSampler:
-    """The bytes under a folder, sampled from another thread while a test reads: the disk's
-    high-water mark, measured, not taken from the cache's own books."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.peak, self._done = folder, 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._done.is_set():
-            total = 0
-            for top, _, files in os.walk(self.folder):
-                for name in files:
-                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                        total += os.stat(os.path.join(top, name)).st_size
-            self.peak = max(self.peak, total)
-            time.sleep(0.002)
-
-    def stop(self) -> int:
-        self._done.set()
-        self._thread.join(timeout=10)
-        return self.peak
 
 
 def _store(bucket: str, endpoint: str, server: S3Server,

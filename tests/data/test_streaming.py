@@ -6,17 +6,27 @@ runs of two workers streaming WebDataset and Parquet shards from S3 on loopback.
 from __future__ import annotations
 
 import io
+import json
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import (
+    TINY_JOB,
+    DiskSampler,
+    Job,
     S3Server,
+    clean_environ,
+    free_ports,
     upload_folder,
+    write_hf_parquet,
     write_webdataset,
 )
+from faults import FaultProxy
 
 from trainer.data.bad_images import apply_bad_images_policy
 from trainer.data.counting import count_records
@@ -136,3 +146,91 @@ def test_a_shard_gone_from_the_store_ends_the_run_with_its_own_error(
         for _ in fn(CONTEXT):
             pass
     assert evaluation_steps(data.val, 4) >= 1
+
+
+# --- Real runs: two workers on loopback, the shards in S3 ---------------------------------------
+
+
+def _workers(env_of) -> list[Job]:  # noqa: ANN001
+    """Two entrypoints as one cluster on loopback, worker i with the environment env_of(i)."""
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    return [Job({**env_of(i), "TF_CONFIG": json.dumps({
+        "cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})})
+        for i in range(2)]
+
+
+def _shards_read(job: Job) -> set[str]:
+    """The shards a worker downloaded (its DEBUG lines)."""
+    return {Path(r["shard"]).name for r in job.lines
+            if r["message"].startswith("streamed DATASET shard")}
+
+
+def test_two_workers_stream_webdataset_from_s3_through_an_outage(
+        rclone_server: S3Server, fault_proxies: Callable[[str], FaultProxy],
+        tmp_path: Path) -> None:
+    """300 images in 8 shards, 3 times the cache: each worker downloads its own training shards
+    as it trains, never more on disk than DATA_CACHE_BYTES, and storage that stops answering
+    mid-run (the evaluation after epoch 1 needs a shard meanwhile) is waited out."""
+    write_webdataset(tmp_path / "set", [0, 1, 2] * 100, shards=8)
+    write_webdataset(tmp_path / "set", [0, 1, 2] * 12, shards=2, prefix="val", seed=1)
+    bucket = rclone_server.new_bucket()
+    total = upload_folder(rclone_server.client(), bucket, tmp_path / "set", "wds")
+    proxy = fault_proxies(rclone_server.endpoint)
+    cache = total // 3
+    works = [tmp_path / f"work-{i}" for i in range(2)]
+    jobs = _workers(lambda i: clean_environ(
+        TINY_JOB, rclone_server.env(), S3_ENDPOINT_URL=proxy.endpoint,
+        DATASET=f"s3://{bucket}/wds", RUN_ID="streamed", ARTIFACT_URI=str(tmp_path / "runs"),
+        BATCH_SIZE="16", STEPS_PER_CALL="2", DATA_CACHE_BYTES=str(cache), LOG_LEVEL="DEBUG",
+        WORK_DIR=str(works[i])))
+    disk = DiskSampler(*(work / "stream-cache" for work in works))
+    jobs[0].wait_for("first training steps done")
+    proxy.set("reset", after=0)  # every connection cut as it opens
+    time.sleep(8)
+    assert not [r for r in jobs[0].lines if r["message"].startswith("epoch 1/")]
+    cut = proxy.resets
+    proxy.set("pass")
+    for job in jobs:
+        code, stderr = job.finish()
+        assert code == 0, stderr[-3000:]
+    peak = disk.stop()
+    assert cut > 0 and jobs[0].trained_epochs() == [1, 2]
+    assert len({job.field("weights_sha256") for job in jobs}) == 1
+    assert 0 < peak <= cache
+    logged = [r for job in jobs for r in job.lines if "data_cache_peak_bytes" in r]
+    assert logged and all(0 < r["data_cache_peak_bytes"] <= cache for r in logged)
+    train = [{name for name in _shards_read(job) if name.startswith("train")} for job in jobs]
+    assert train == [{f"train-{i:04d}.tar" for i in range(w, 8, 2)} for w in (0, 1)]
+    config = json.loads((tmp_path / "runs" / "streamed" / "config.json").read_text())
+    assert (config["train_examples"], config["validation_examples"]) == (300, 36)
+
+
+def test_two_workers_stream_a_hugging_face_parquet_dataset(moto_s3: S3Server,
+                                                           tmp_path: Path) -> None:
+    """The Hub's layout (data/train-*.parquet, data/test-*.parquet, class names in the files'
+    metadata), twice the cache: each worker its own shards, the class names in config.json."""
+    names = ["cat", "dog", "eel"]
+    write_hf_parquet(tmp_path / "hub" / "data", [0, 1, 2] * 100, shards=6, names=names)
+    write_hf_parquet(tmp_path / "hub" / "data", [0, 1, 2] * 10, shards=1, names=names,
+                     prefix="test", seed=1)
+    bucket = moto_s3.new_bucket()
+    total = upload_folder(moto_s3.client(), bucket, tmp_path / "hub", "hub")
+    cache = total // 2
+    works = [tmp_path / f"work-{i}" for i in range(2)]
+    jobs = _workers(lambda i: clean_environ(
+        TINY_JOB, moto_s3.env(), DATASET=f"s3://{bucket}/hub", RUN_ID="hub", EPOCHS="1",
+        ARTIFACT_URI=str(tmp_path / "runs"), DATA_CACHE_BYTES=str(cache), LOG_LEVEL="DEBUG",
+        WORK_DIR=str(works[i])))
+    disk = DiskSampler(*(work / "stream-cache" for work in works))
+    for job in jobs:
+        code, stderr = job.finish()
+        assert code == 0, stderr[-3000:]
+    assert 0 < disk.stop() <= cache
+    shards = [f"train-{i:05d}-of-00006.parquet" for i in range(6)]
+    train = [{name for name in _shards_read(job) if name.startswith("train")} for job in jobs]
+    assert train == [set(shards[0::2]), set(shards[1::2])]
+    config = json.loads((tmp_path / "runs" / "hub" / "config.json").read_text())
+    assert config["class_names"] == names
+    assert (config["train_examples"], config["validation_examples"]) == (300, 30)
+    metrics = json.loads((tmp_path / "runs" / "hub" / "metrics.json").read_text())
+    assert metrics["examples"] == 30  # the chief evaluates the whole test split

@@ -158,6 +158,7 @@ class ShardCache:
             self.fetched.append(key)
             self.fetched_bytes += entry.size
             self._condition.notify_all()
+        get_logger().debug(f"streamed DATASET shard {self.where}{key}", extra={"shard": key})
 
     def _fetch_once(self, key: str, path: Path) -> None:
         if not self._fetch(key, path):
@@ -185,8 +186,7 @@ class ShardCache:
 
 
 class Reader:
-    """One stream's shards in their reading order, the next ones downloaded by a background
-    thread while the current one is read."""
+    """One stream's shards in reading order, the next ones downloaded by a thread meanwhile."""
 
     def __init__(self, cache: ShardCache, order: list[tuple[str, int]], cyclic: bool,
                  start: int = 0) -> None:
