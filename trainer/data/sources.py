@@ -59,7 +59,7 @@ def elements(split: Split | Records, worker: int, workers: int, order_seed: int 
     into a Split (images in memory or files), (record, name) for TFRecords, (payload, label,
     name) for streamed shards."""
     if isinstance(split, Records) and not split.native:
-        buffer = (_record_buffer(split, worker, workers, budget) if order_seed is not None
+        buffer = (_stream_window(split, worker, workers, budget) if order_seed is not None
                   else READ_WINDOW)
         return stream(split, worker, workers, order_seed, buffer)
     if isinstance(split, Records):
@@ -84,7 +84,7 @@ def training_elements(split: Split | Records, worker: int, workers: int, order_s
     the rest skip what comes before (without decoding it)."""
     if isinstance(split, Records) and not split.native:
         return stream(split, worker, workers, order_seed,
-                      _record_buffer(split, worker, workers, budget), skip=skip, cyclic=True)
+                      _stream_window(split, worker, workers, budget), skip=skip, cyclic=True)
     return elements(split, worker, workers, order_seed, budget).repeat().skip(skip)
 
 
@@ -92,6 +92,14 @@ def _record_buffer(split: Records, worker: int, workers: int, budget: int) -> in
     local = local_count(split, worker, workers)
     by_memory = budget // 10 // max(1, int(split.mean_bytes))
     return int(max(1, min(local, RECORD_SHUFFLE_BUFFER, max(by_memory, 64))))
+
+
+def _stream_window(split: Records, worker: int, workers: int, budget: int) -> int:
+    """Streamed shards are shuffled in windows of as many examples as a buffer of records
+    holds, and at most an eighth of a worker's share: a window is read whole before its first
+    example trains, so a smaller one is less to wait for at the start of an epoch."""
+    eighth = local_count(split, worker, workers) // 8
+    return min(_record_buffer(split, worker, workers, budget), max(eighth, 64))
 
 
 def local_count(split: Split | Records, worker: int, workers: int) -> int:

@@ -11,8 +11,9 @@ holdout's part), cut into windows of `buffer` examples, each window shuffled as 
 `order_seed`, the worker and the window's number). Everything about this order follows from the
 per-shard counts, so a resumed epoch (`skip` examples already trained on) starts in the right
 window without reading the ones before it: at most one window is read again. A window is read
-into memory from its shards, each shard opened once, and deleted from the cache once the pass is
-done with it. `cyclic` passes repeat (the training stream); otherwise one pass.
+into memory from its shards (the next one by a thread while this one trains), and a shard is
+deleted from the cache once the pass is done with it. `cyclic` passes repeat (the training
+stream); otherwise one pass.
 
 A reader that fails (storage unreachable past UPLOAD_TIMEOUT, a shard unreadable) records why
 (trainer.data.shard_cache.record_failure) and ends its stream; `raise_on_failure` makes the
@@ -23,7 +24,10 @@ top: this runs after the strategy is made.
 from __future__ import annotations
 
 import functools
+import itertools
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -100,31 +104,46 @@ class _Shards:
 
 def _windows(split: Records, order: list[tuple[int, np.ndarray]], buffer: int, skip: int,
              cyclic: bool, seed: tuple[int, ...] | None) -> Iterator[list[Example]]:
-    """Each window's examples, shuffled, from `skip` examples into the stream on."""
+    """Each window's examples, shuffled, from `skip` examples into the stream on; the next
+    window is read by a thread while this one is consumed."""
     ends = np.cumsum([len(positions) for _, positions in order])
     total = int(ends[-1])
     starts = ends - [len(positions) for _, positions in order]
     first, within = divmod(skip % total if cyclic else skip, buffer)
     shards = _Shards(split, order, cyclic, int(np.searchsorted(ends, first * buffer, "right")))
-    passes = 0
+    count = -(-total // buffer)
+    places = ((passes, window) for passes in (itertools.count() if cyclic else [0])
+              for window in range(first if passes == 0 else 0, count))
+    stopped = threading.Event()
+
+    def load(passes: int, window: int) -> list[Example]:
+        low, high = window * buffer, min(total, (window + 1) * buffer)
+        examples: list[Example] = []
+        for j in np.flatnonzero((starts < high) & (ends > low)):
+            if stopped.is_set():  # the stream was abandoned (the epoch ended)
+                return []
+            _, positions = order[j]
+            begin, end = max(low, starts[j]), min(high, ends[j])
+            examples += shards.read(passes * len(order) + int(j),
+                                    positions[begin - starts[j]:end - starts[j]],
+                                    done=end == ends[j])
+        if seed is not None:
+            rng = np.random.default_rng([*seed, window])
+            examples = [examples[i] for i in rng.permutation(len(examples))]
+        return examples
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="shard-window")
     try:
-        while cyclic or passes == 0:
-            for window in range(first, -(-total // buffer)):
-                low, high = window * buffer, min(total, (window + 1) * buffer)
-                examples: list[Example] = []
-                for j in np.flatnonzero((starts < high) & (ends > low)):
-                    _, positions = order[j]
-                    begin, end = max(low, starts[j]), min(high, ends[j])
-                    examples += shards.read(passes * len(order) + int(j),
-                                            positions[begin - starts[j]:end - starts[j]],
-                                            done=end == ends[j])
-                if seed is not None:
-                    rng = np.random.default_rng([*seed, window])
-                    examples = [examples[i] for i in rng.permutation(len(examples))]
-                yield examples[within:]
-                within = 0
-            first, passes = 0, passes + 1
+        pending: Future | None = pool.submit(load, *next(places))
+        while pending is not None:
+            examples = pending.result()
+            following = next(places, None)
+            pending = pool.submit(load, *following) if following else None
+            yield examples[within:]
+            within = 0
     finally:
+        stopped.set()
+        pool.shutdown(wait=False, cancel_futures=True)
         shards.stop()
 
 
