@@ -13,17 +13,19 @@ import pytest
 import tensorflow as tf
 from conftest import (
     TINY_JOB,
+    S3Server,
     clean_environ,
     json_lines,
     run_entrypoint,
+    upload_folder,
 )
 
 from trainer.data.counting import count_records
-from trainer.data.load import load_dataset
+from trainer.data.load import load_dataset, remote_dataset
 from trainer.data.memory import cache_dataset
-from trainer.data.pipeline import batch_preprocessor, training_input
+from trainer.data.pipeline import batch_preprocessor, evaluation_input, training_input
 from trainer.data.reading import read_records
-from trainer.data.tfrecords import shard
+from trainer.data.tfrecords import Remote, shard
 from trainer.errors import DataError
 
 
@@ -157,3 +159,31 @@ def test_a_resumed_epoch_sees_the_batches_it_had_not_trained_on(tmp_path: Path) 
                for a, b in zip(whole[2:], resumed, strict=False))
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(whole, batches(2, 0),
                                                               strict=True))
+
+
+def test_tfrecords_in_s3_are_streamed_with_the_split_they_have_on_disk(
+        rclone_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An s3:// prefix of TFRecords is streamed, never fetched whole: counted by reading it once
+    (its index kept beside it), the same records held out as from a local copy."""
+    root = write_records(tmp_path / "r", list(range(3)) * 20, parts=3)
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    bucket, client = rclone_server.new_bucket(), rclone_server.client()
+    upload_folder(client, bucket, root, "records")
+    for name, value in rclone_server.env().items():
+        monkeypatch.setenv(name, value)
+    local = count_records(load_dataset(str(root), validation_split=0.25, seed=0))
+    remote = Remote(rclone_server.endpoint, "path", str(tmp_path / "cache"), 10**6, 30)
+    streamed = count_records(remote_dataset(f"s3://{bucket}/records", remote,
+                                            validation_split=0.25, seed=0))
+    assert not streamed.train.native and streamed.class_names == ("a", "b", "c")
+    assert (len(streamed.train), len(streamed.val)) == (len(local.train), len(local.val))
+    assert client.head_object(Bucket=bucket, Key="records/part-0.tfrecord.index.json")
+
+    def held_out(split) -> list:  # noqa: ANN001
+        fn = evaluation_input(split, 12, batch_preprocessor(12, lambda images: images), 8)
+        return sorted((x.tobytes(), int(y)) for images, labels, weights
+                      in fn(tf.distribute.InputContext()).as_numpy_iterator()
+                      for x, y, w in zip(images, labels, weights, strict=True) if w)
+
+    assert held_out(streamed.val) == held_out(local.val)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # read, deleted
