@@ -41,7 +41,7 @@ from s3_prefix import KEY, SECRET, _start  # noqa: E402 - bench/ on the path abo
 from trainer.data.counting import count_records  # noqa: E402
 from trainer.data.load import load_dataset, remote_dataset  # noqa: E402
 from trainer.data.pipeline import batch_preprocessor, training_input  # noqa: E402
-from trainer.data.shard_cache import _caches  # noqa: E402
+from trainer.data.shard_downloads import _caches  # noqa: E402
 from trainer.data.tfrecords import Remote  # noqa: E402
 from trainer.loop import Loop  # noqa: E402
 from trainer.models.classifier import build_model, preprocess_function  # noqa: E402

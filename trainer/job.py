@@ -18,8 +18,8 @@ from pathlib import Path
 from trainer.cluster.platforms import resolve_platform
 from trainer.cluster.specs import resolve_cluster
 from trainer.data.load import Dataset, fetch_dataset, load_dataset, remote_dataset
-from trainer.data.shard_cache import stream_failures_raised
 from trainer.data.shards import default_cache_bytes
+from trainer.data.stream_failures import stream_failures_raised
 from trainer.data.tfrecords import Remote
 from trainer.errors import TrainerError
 from trainer.logs import get_logger

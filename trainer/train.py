@@ -44,7 +44,7 @@ from trainer.data.pipeline import (
     preview,
     training_input,
 )
-from trainer.data.shard_cache import stream_stats
+from trainer.data.shard_downloads import stream_stats
 from trainer.errors import StorageError, Terminated, UploadsUnfinished
 from trainer.finish import evaluator, exporter
 from trainer.logs import get_logger

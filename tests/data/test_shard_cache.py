@@ -16,6 +16,7 @@ from conftest import DiskSampler, S3Server
 from faults import FaultProxy
 
 from trainer.data.shard_cache import ShardCache
+from trainer.data.shard_downloads import fetcher
 from trainer.errors import DataError, TransientError
 from trainer.store.s3 import ClientLimits, S3Store
 
@@ -44,7 +45,7 @@ def test_shards_stream_under_the_limit_and_are_deleted_once_read(
     bucket, order, contents = _shards(s3_server, 12)
     store = _store(bucket, s3_server.endpoint, s3_server, monkeypatch)
     limit = int(2.5 * SHARD)  # the dataset is 12 shards: 4.8 times the cache
-    cache = ShardCache(tmp_path / "cache", limit, store.get_file, wait_seconds=30)
+    cache = ShardCache(tmp_path / "cache", limit, fetcher(store), wait_seconds=30)
     sampler = DiskSampler(tmp_path / "cache")
     reader = cache.reader(order)
     prefetched = 0
@@ -67,7 +68,7 @@ def test_a_reader_evicts_what_nobody_reads_and_waits_for_what_is_read(
         s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bucket, order, _ = _shards(s3_server, 3)
     store = _store(bucket, s3_server.endpoint, s3_server, monkeypatch)
-    cache = ShardCache(tmp_path / "cache", 2 * SHARD, store.get_file, wait_seconds=30)
+    cache = ShardCache(tmp_path / "cache", 2 * SHARD, fetcher(store), wait_seconds=30)
     (first, _), (second, _), (third, _) = order
     assert cache.prefetch(first, SHARD) and cache.prefetch(second, SHARD)
     assert not cache.prefetch(third, SHARD)  # a prefetch takes free room only
@@ -103,7 +104,7 @@ def test_an_outage_is_waited_out_and_one_past_the_timeout_is_transient(
     proxy = fault_proxies(s3_server.endpoint)
     bucket, order, contents = _shards(s3_server, 2)
     store = _store(bucket, proxy.endpoint, s3_server, monkeypatch)
-    cache = ShardCache(tmp_path / "cache", 2 * SHARD, store.get_file, wait_seconds=60,
+    cache = ShardCache(tmp_path / "cache", 2 * SHARD, fetcher(store), wait_seconds=60,
                        where=f"s3://{bucket}/", first_backoff=0.2)
     proxy.set("reset", after=0)  # every connection is cut as it opens
     finish = _open_in_thread(cache, order[0][0])
@@ -118,7 +119,7 @@ def test_an_outage_is_waited_out_and_one_past_the_timeout_is_transient(
     message = next(r.getMessage() for r in warnings_logged if "retrying" in r.getMessage())
     assert message.startswith(f"reading DATASET shard {order[0][0]} failed, retrying in")
 
-    impatient = ShardCache(tmp_path / "other", 2 * SHARD, store.get_file, wait_seconds=1.5,
+    impatient = ShardCache(tmp_path / "other", 2 * SHARD, fetcher(store), wait_seconds=1.5,
                            where=f"s3://{bucket}/", first_backoff=0.2)
     proxy.set("refuse")
     outcome = _open_in_thread(impatient, order[1][0])()

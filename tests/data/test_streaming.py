@@ -38,8 +38,9 @@ from trainer.data.pipeline import (
     evaluation_steps,
     training_input,
 )
-from trainer.data.shard_cache import _caches, stream_failures_raised
+from trainer.data.shard_downloads import _caches
 from trainer.data.sources import local_count
+from trainer.data.stream_failures import stream_failures_raised
 from trainer.data.streaming import plan, stream
 from trainer.data.tfrecords import Remote
 from trainer.errors import DataError

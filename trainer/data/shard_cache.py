@@ -1,40 +1,37 @@
 """A bounded local cache for shards streamed from S3: the shard being read and the next ones,
 downloaded in the background, never more than DATA_CACHE_BYTES on disk.
 
-    reader = cache_for(remote, bucket).reader([(key, size), ...])   # a stream's shard order
+    reader = ShardCache(folder, limit, fetch, wait_seconds).reader([(key, size), ...])
     path = reader.open(i)      # shard i of the order, downloaded now if it is not here yet
     reader.close(i, done=True)                      # read: deleted at once; reader.stop()
 
 Every download first reserves the shard's size (known from the listing); a download for a reader
 that waits on it (`open`) evicts shards nobody is reading to make room, a prefetch only uses room
-that is free, so the bytes reserved, which bound the bytes on disk (s3transfer writes a
-temporary file beside the shard and renames it), never exceed the limit; `peak` records their
-high-water mark. A shard is deleted once read; a restart reads from the store again.
-
-Storage that stops answering is waited out as uploads are (trainer.store.uploader): a reader's
-download retries with a doubling pause, logged, until `wait_seconds` (UPLOAD_TIMEOUT) have passed
-since the first failure, then TransientError (exit 75). Prefetches fail quietly; the reader that
-needs the shard downloads it itself. No TensorFlow here.
+that is free, so the bytes reserved, which bound the bytes on disk (s3transfer writes a temporary
+file beside the shard and renames it), never exceed the limit; `peak` records their high-water mark.
+A shard is deleted once read; a restart reads from the store again. Storage that stops answering is
+waited out as uploads are (trainer.store.uploader): a reader's download retries with a doubling
+pause, logged, until `wait_seconds` (UPLOAD_TIMEOUT) have passed since the first failure, then
+TransientError (exit 75). Prefetches fail quietly; the reader that needs the shard downloads it
+itself. No TensorFlow here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.data.tfrecords import Remote
 from trainer.errors import DataError, TrainerError, TransientError
 from trainer.logs import get_logger
 from trainer.store.keys import local_path
 from trainer.store.uploader import MAX_BACKOFF_SECONDS
 
 LOOKAHEAD = 8  # shards a reader downloads ahead of the one it reads, room permitting
-Fetch = Callable[[str, Path], bool]  # (key, path) -> False when the object is gone
+Fetch = Callable[[str, Path, int], bool]  # (key, path, size) -> False when the object is gone
 
 
 @dataclass
@@ -145,8 +142,7 @@ class ShardCache:
     def _download(self, key: str, entry: _Entry, patient: bool) -> None:
         entry.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._fetch_patiently(key, entry.path) if patient else self._fetch_once(key,
-                                                                                   entry.path)
+            (self._fetch_patiently if patient else self._fetch_once)(key, entry.path, entry.size)
         except BaseException:
             with self._condition:
                 if self._entries.get(key) is entry:
@@ -160,17 +156,17 @@ class ShardCache:
             self._condition.notify_all()
         get_logger().debug(f"streamed DATASET shard {self.where}{key}", extra={"shard": key})
 
-    def _fetch_once(self, key: str, path: Path) -> None:
-        if not self._fetch(key, path):
+    def _fetch_once(self, key: str, path: Path, size: int) -> None:
+        if not self._fetch(key, path, size):
             raise DataError(f"DATASET: {self.where}{key} is gone from the store since it was "
                             "listed; start the run again to list the shards anew")
 
-    def _fetch_patiently(self, key: str, path: Path) -> None:
+    def _fetch_patiently(self, key: str, path: Path, size: int) -> None:
         backoff = self.first_backoff
         first_failure: float | None = None
         while True:
             try:
-                return self._fetch_once(key, path)
+                return self._fetch_once(key, path, size)
             except TransientError as error:
                 now = time.monotonic()
                 first_failure = first_failure or now
@@ -242,59 +238,3 @@ class Reader:
             else:  # storage down, or the room was taken meanwhile
                 self._stopped.wait(pause)
                 pause = min(pause * 2, MAX_BACKOFF_SECONDS)
-
-
-_caches: dict[str, ShardCache] = {}
-_caches_lock = threading.Lock()
-
-
-def cache_for(remote: Remote, bucket: str) -> ShardCache:
-    """This process's cache of the shards of `bucket` (one per cache folder)."""
-    from trainer.store.s3 import S3Store  # boto3 only where S3 is used
-
-    folder = str(Path(remote.cache_dir) / bucket)
-    with _caches_lock:
-        if folder not in _caches:
-            store = S3Store(f"s3://{bucket}", remote.endpoint_url, remote.addressing_style)
-            _caches[folder] = ShardCache(Path(folder), remote.cache_bytes, store.get_file,
-                                         remote.wait_seconds, where=f"s3://{bucket}/")
-        return _caches[folder]
-
-
-# --- Why a stream stopped: tf.data loses an error's type (and the decoding of broken images skips
-# failing elements), so a reader records it, and the job raises it instead of TensorFlow's error.
-_failures: list[BaseException] = []
-
-
-def record_failure(error: BaseException) -> None:
-    _failures.append(error)  # list.append is atomic under the GIL
-
-
-def failure() -> BaseException | None:
-    return next(iter(_failures), None)
-
-
-@contextlib.contextmanager
-def stream_failures_raised() -> Iterator[None]:
-    """Any error while shards were streamed is replaced by the reason a stream stopped (e.g.
-    TransientError: storage unreachable past UPLOAD_TIMEOUT), when one did."""
-    try:
-        yield
-    except Exception as error:
-        found = failure()
-        _failures.clear()
-        if found is None or found is error:
-            raise
-        raise found from error
-
-
-def stream_stats() -> dict[str, int]:
-    """For the epoch's log line: shards downloaded so far and the cache's high-water mark."""
-    with _caches_lock:
-        caches = list(_caches.values())
-    if not caches:
-        return {}
-    return {"shards_streamed": sum(len(c.fetched) for c in caches),
-            "bytes_streamed": sum(c.fetched_bytes for c in caches),
-            "data_cache_peak_bytes": max(c.peak for c in caches),
-            "data_cache_bytes": max(c.limit for c in caches)}

@@ -34,8 +34,10 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data.reading import held_mask, kept_positions
-from trainer.data.shard_cache import Reader, cache_for, failure, record_failure
+from trainer.data.shard_cache import Reader
+from trainer.data.shard_downloads import cache_for
 from trainer.data.shard_files import Example, read_shard, shard_name
+from trainer.data.stream_failures import failure, record_failure
 from trainer.data.tfrecords import Records, shard
 
 YIELD_BATCH = 256  # examples per call into Python: one call per example would cost 50x more

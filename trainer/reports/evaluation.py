@@ -22,7 +22,7 @@ from trainer.data.counting import count_records
 from trainer.data.decode_failures import take_decode_failures
 from trainer.data.load import Dataset, Split, load_dataset, remote_dataset
 from trainer.data.pipeline import batch_preprocessor, evaluation_input
-from trainer.data.shard_cache import stream_failures_raised
+from trainer.data.stream_failures import stream_failures_raised
 from trainer.data.tfrecords import Records, Remote
 from trainer.errors import DataError
 from trainer.logs import get_logger
