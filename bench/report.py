@@ -597,11 +597,11 @@ def _streaming(results: R) -> str:
     return f"""## 7b. Shards streamed from S3 (target >= {TARGET_STREAMING})
 
 `bench/streaming.py`: `digits` as PNGs ({s['images_per_round']:,} images per round) in
-{s['shards']} WebDataset shards, {s['dataset_bytes']:,} bytes, trained on by the job's loop (VGG16
-at 32x32, batch 64, float32) through the job's pipeline, from a local folder and from an rclone S3
-server on loopback (sharing the 2 cores), {s['rounds']} rounds each, alternating, each round an
-epoch of its own order. `DATA_CACHE_BYTES` is a tenth of the dataset; a thread sampled the bytes
-in the cache's folder every 2 ms during the S3 rounds.
+{s['shards']} WebDataset shards, {s['dataset_bytes']:,} bytes, trained on by the job's loop
+(MobileNetV2 at 32x32, batch 32, float32, STEPS_PER_CALL=10) through the job's pipeline, from a
+local folder and from an rclone S3 server on loopback (sharing the 2 cores), {s['rounds']}
+rounds each, alternating, each round an epoch of its own order. `DATA_CACHE_BYTES` is a tenth
+of the dataset; a thread sampled the bytes in the cache's folder every 2 ms during the S3 rounds.
 
 """ + _table(["", "value"], [
         ["training images/s, local disk", s["images_per_second_local"]],
