@@ -612,10 +612,11 @@ of the dataset; a thread sampled the bytes in the cache's folder every 2 ms duri
         ["the cache's own high-water mark", f"{s['cache_peak_bytes']:,}"],
         ["shards downloaded over the rounds", s["shards_streamed"]]]) + f"""
 
-**Reading.** Streamed from S3 the loop trains at {s['ratio']}x its speed from local disk: the
-next shards are downloaded in the background while the model computes. The disk held at most
-{s['peak_disk_bytes']:,} bytes for a dataset
-{s['dataset_over_cache']:g}x the cache: each shard is deleted once read."""
+**Reading.** Streamed from S3 the loop trains at {s['ratio']}x its speed from local disk (local
+shards take the same reader, in place; a ratio above 1 is the noise of a shared machine): the next
+shards are downloaded in the background while the model computes. The disk held at most
+{s['peak_disk_bytes']:,} bytes for a dataset {s['dataset_over_cache']:g}x the cache: each shard is
+deleted once read."""
 
 
 def _precision(results: R) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from conftest import (
     S3Server,
     clean_environ,
     free_ports,
+    trainer_in_process,
     upload_folder,
     write_hf_parquet,
     write_webdataset,
@@ -224,7 +226,8 @@ def test_two_workers_stream_webdataset_from_s3_through_an_outage(
 def test_two_workers_stream_a_hugging_face_parquet_dataset(moto_s3: S3Server,
                                                            tmp_path: Path) -> None:
     """The Hub's layout (data/train-*.parquet, data/test-*.parquet, class names in the files'
-    metadata), twice the cache: each worker its own shards, the class names in config.json."""
+    metadata), twice the cache: each worker its own shards, the class names in config.json;
+    `trainer evaluate` streams the same prefix with the DATA_CACHE_BYTES it is given."""
     names = ["cat", "dog", "eel"]
     write_hf_parquet(tmp_path / "hub" / "data", [0, 1, 2] * 100, shards=6, names=names)
     write_hf_parquet(tmp_path / "hub" / "data", [0, 1, 2] * 10, shards=1, names=names,
@@ -250,3 +253,17 @@ def test_two_workers_stream_a_hugging_face_parquet_dataset(moto_s3: S3Server,
     assert (config["train_examples"], config["validation_examples"]) == (300, 30)
     metrics = json.loads((tmp_path / "runs" / "hub" / "metrics.json").read_text())
     assert metrics["examples"] == 30  # the chief evaluates the whole test split
+
+    def evaluate(*flags: str) -> subprocess.CompletedProcess:
+        return trainer_in_process(
+            "evaluate", "hub", f"s3://{bucket}/hub", "--artifact-uri", str(tmp_path / "runs"),
+            "--to", str(tmp_path / "eval"), "--work-dir", str(tmp_path / "eval-work"), *flags,
+            env=clean_environ(moto_s3.env()))
+
+    refused = evaluate("--data-cache-bytes", "1000")  # the setting is the user's, not a default
+    assert refused.returncode == 2 and "DATA_CACHE_BYTES=1000 cannot hold the shard" in \
+        refused.stderr
+    evaluated = evaluate("--data-cache-bytes", str(cache))
+    assert evaluated.returncode == 0, evaluated.stderr
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["confusion_matrix"] == metrics["confusion_matrix"]

@@ -120,7 +120,8 @@ def run_settings(model_path: Path) -> dict[str, Any]:
 def evaluate_model(model_path: Path, dataset: str, split: str, destination: Path, *,
                    validation_split: float, seed: int, mirror: str | None,
                    bad_images: Literal["skip", "fail"] = "skip",
-                   remote: Remote | None = None) -> dict[str, Any]:
+                   remote: Remote | None = None, dataset_format: str | None = None
+                   ) -> dict[str, Any]:
     """`trainer evaluate`: the model's own size, preprocessing and class names, on `dataset`
     (a local path, or an s3:// prefix of shards streamed through `remote`; its held-out split,
     or every image with `split` "all"). The held-out split is the run's own when the model's
@@ -135,11 +136,12 @@ def evaluate_model(model_path: Path, dataset: str, split: str, destination: Path
         validation_split = float(run.get("validation_split", validation_split))
         get_logger().info("the run's own split: SEED and VALIDATION_SPLIT from its config.json",
                           extra={"seed": seed, "validation_split": validation_split})
-    streamed = remote_dataset(dataset, remote, validation_split=validation_split,
-                              seed=seed) if remote is not None else None
+    streamed = remote_dataset(dataset, remote, validation_split=validation_split, seed=seed,
+                              dataset_format=dataset_format) if remote is not None else None
     data = count_records(streamed or load_dataset(dataset, validation_split=validation_split,
                                                   seed=seed, mirror=mirror,
-                                                  bad_images=bad_images))
+                                                  bad_images=bad_images,
+                                                  dataset_format=dataset_format))
     if len(data.class_names) != len(names):
         raise DataError(f"DATASET {dataset} has {len(data.class_names)} classes but the "
                         f"model has {len(names)}; evaluate on a dataset of the same classes")
