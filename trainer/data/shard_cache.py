@@ -66,6 +66,7 @@ class ShardCache:
     def open(self, key: str, size: int) -> Path:
         """The local path of `key`, downloaded now (patiently) if it is not here; pinned until
         `close`."""
+        waiting = False
         with self._condition:
             while True:
                 entry = self._entries.get(key)
@@ -73,6 +74,10 @@ class ShardCache:
                     entry.pins += 1
                     entry.used = time.monotonic()
                     return entry.path
+                if not waiting:  # the prefetch did not keep up (or storage is down)
+                    waiting = True
+                    get_logger().debug(f"waiting for DATASET shard {self.where}{key}",
+                                       extra={"shard": key})
                 if entry is not None:  # a prefetch is downloading it
                     self._condition.wait()
                     continue
