@@ -175,11 +175,12 @@ OPTIONS: tuple[Option, ...] = (
            "path / s3:// URI of an .npz, an image folder, or a folder of TFRecord, WebDataset "
            "(.tar) or Parquet shards (s3:// shards are streamed, never fetched whole).", _text),
     Option("dataset_format", "DATASET_FORMAT", "Only where a DATASET's files leave it "
-           "ambiguous: npz, folder, tfrecord, webdataset or parquet; default: detected.",
-           _choice("npz", "folder", "tfrecord", "webdataset", "parquet")),
+           "ambiguous: npz, folder, tfrecord, webdataset or parquet.",
+           _choice("npz", "folder", "tfrecord", "webdataset", "parquet"), "detected"),
     Option("data_cache_bytes", "DATA_CACHE_BYTES", "Local disk for shards streamed from an "
            "s3:// DATASET (the next shards are downloaded ahead, read ones deleted); bytes, or "
-           "e.g. 20G or 16Gi; default: half the free disk under WORK_DIR.", _bytes),
+           "e.g. 20G or 16Gi. At least the largest shard.", _bytes,
+           "half the free disk under WORK_DIR"),
     Option("dataset_mirror", "DATASET_MIRROR", "URL or local folder holding the built-in "
            "datasets' archives under their usual names, for clusters without internet.",
            _optional_text, "none"),
