@@ -146,6 +146,10 @@ def prefix(work: Path, results: dict[str, Any]) -> None:
     results["prefix"] = _script("s3_prefix.py", "rclone").lines[-1]
 
 
+def streaming(work: Path, results: dict[str, Any]) -> None:
+    results["streaming"] = _script("streaming.py").lines[-1]
+
+
 def flops(work: Path, results: dict[str, Any]) -> None:
     results["flops_resnet50"] = _speed("flops", "ResNet50", 224)
     results["flops_vgg16"] = _speed("flops", "VGG16", 32)
@@ -165,7 +169,7 @@ def profile(work: Path, results: dict[str, Any]) -> None:
 STEPS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
     "race": race, "upload": upload, "xla": xla, "precision": precision, "startup": startup,
     "batchnorm": batchnorm, "pipeline": pipeline, "profile": profile, "export": export,
-    "prefix": prefix, "flops": flops}
+    "prefix": prefix, "streaming": streaming, "flops": flops}
 
 
 def _version(*names: str) -> str:

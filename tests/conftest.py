@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -523,3 +524,100 @@ def mlflow_server(mlflow_service: MlflowServer) -> MlflowServer:
     if mlflow_service.process is None:
         mlflow_service.start()
     return mlflow_service
+
+
+# --- Shard datasets (trainer/data/shards.py): WebDataset tars and Hugging Face Parquet ---------
+
+
+def _png(level: int, rng: np.random.Generator, side: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.clip(rng.normal(level, 15, (side, side, 3)), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def write_webdataset(folder: Path, labels: list[int], shards: int, prefix: str = "train",
+                     seed: int = 0, side: int = 12, label_as: str = "cls") -> list[Path]:
+    """`shards` WebDataset tars `{prefix}-NNNN.tar`, sample i (`sNNNNN.png` with its `.cls`, or
+    `.json` {"label": ...}) in shard i % shards; class c a gray level of its own."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{prefix}-{s:04d}.tar" for s in range(shards)]
+    tars = [tarfile.open(path, "w") for path in paths]  # noqa: SIM115 - closed below
+    for i, label in enumerate(labels):
+        label_data = (str(label).encode() if label_as == "cls"
+                      else json.dumps({"label": label}).encode())
+        for name, data in ((f"s{i:05d}.png", _png(30 + 60 * label, rng, side)),
+                           (f"s{i:05d}.{label_as}", label_data)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tars[i % shards].addfile(info, io.BytesIO(data))
+    for tar in tars:
+        tar.close()
+    return paths
+
+
+def write_hf_parquet(folder: Path, labels: list[int], shards: int, names: list[str],
+                     prefix: str = "train", seed: int = 0, side: int = 12,
+                     row_group: int = 16) -> list[Path]:
+    """Parquet files as the Hugging Face Hub publishes image datasets:
+    `{prefix}-NNNNN-of-MMMMM.parquet`, `image` struct (`bytes`, `path`), `label` int64, the class
+    names in the `huggingface` schema metadata; row i in shard i % shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    features = {"image": {"_type": "Image"}, "label": {"names": names, "_type": "ClassLabel"}}
+    metadata = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    paths = []
+    for s in range(shards):
+        mine = labels[s::shards]
+        table = pa.table({
+            "image": [{"bytes": _png(30 + 60 * label, rng, side), "path": None} for label in mine],
+            "label": pa.array(mine, pa.int64())}).replace_schema_metadata(metadata)
+        paths.append(folder / f"{prefix}-{s:05d}-of-{shards:05d}.parquet")
+        pq.write_table(table, paths[-1], row_group_size=row_group)
+    return paths
+
+
+def upload_folder(client, bucket: str, folder: Path, prefix: str) -> int:  # noqa: ANN001
+    """Every file under `folder` into `bucket` under `prefix/`; returns the bytes uploaded."""
+    total = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+        total += path.stat().st_size
+    return total
+
+
+class DiskSampler:
+    """The bytes under each folder, sampled from another thread while a test runs: the disk's
+    high-water mark (the largest of the folders'), measured, not taken from the cache's books."""
+
+    def __init__(self, *folders: Path) -> None:
+        self.folders, self.peak, self._done = folders, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            for folder in self.folders:
+                total = 0
+                for top, _, files in os.walk(folder):
+                    for name in files:
+                        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                            total += os.stat(os.path.join(top, name)).st_size
+                self.peak = max(self.peak, total)
+            time.sleep(0.002)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join(timeout=10)
+        return self.peak

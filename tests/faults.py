@@ -63,6 +63,7 @@ class FaultProxy:
         self.mode = Mode()
         self.resets = 0  # connections reset so far
         self.connections = 0  # connections accepted so far
+        self.carried = {"up": 0, "down": 0}  # bytes passed on so far, by direction
         self._resets_left: int | None = None
         self._lock = threading.Lock()
         self._applied = threading.Condition(self._lock)
@@ -229,6 +230,8 @@ class _Connection:
                 self.reset()
                 return
             self.carried[direction] += len(data)
+            with self.proxy._lock:
+                self.proxy.carried[direction] += len(data)
             if mode.name == "delay" and direction == "down" and self.turn == "up":
                 time.sleep(mode.seconds)
             self.turn = direction

@@ -70,6 +70,8 @@ BAD_VALUES = [
     ("LABEL_SMOOTHING", "1"), ("LABEL_SMOOTHING", "-0.1"), ("EARLY_STOPPING_PATIENCE", "-1"),
     ("AUGMENT", "flip,rotate"), ("AUGMENT", ","), ("PRECISION", "float8"), ("XLA", "maybe"),
     ("PEER_TIMEOUT", "0"), ("PEER_TIMEOUT", "soon"),
+    ("DATASET_FORMAT", "csv"), ("DATA_CACHE_BYTES", "0"), ("DATA_CACHE_BYTES", "-5"),
+    ("DATA_CACHE_BYTES", "lots"), ("DATA_CACHE_BYTES", "20Xi"),
 ]
 
 
@@ -79,6 +81,14 @@ def test_bad_value_is_a_config_error_naming_the_variable(variable: str, value: s
         load_settings({variable: value})
     assert str(caught.value).startswith(f"{variable}=")
     assert caught.value.exit_code == 2
+
+
+def test_sizes_are_bytes_or_kubernetes_quantities() -> None:
+    assert [load_settings({"DATA_CACHE_BYTES": text}).data_cache_bytes
+            for text in ("50000", "500M", "20Gi", "1.5T", "64kB")] == [
+        50_000, 500_000_000, 20 * 2**30, 1_500_000_000_000, 64_000]
+    assert load_settings({}).data_cache_bytes is None  # a share of the free disk
+    assert load_settings({"DATASET_FORMAT": "Parquet"}).dataset_format == "parquet"
 
 
 def test_image_size_below_the_backbone_minimum_names_both() -> None:

@@ -25,7 +25,9 @@ from typing import Any, TypeVar
 import click
 
 from trainer.cluster.platforms import failure_file
-from trainer.data.load import fetch_dataset
+from trainer.data.load import fetch_dataset, remote_dataset
+from trainer.data.shards import default_cache_bytes
+from trainer.data.tfrecords import Remote
 from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError
 from trainer.job import run_job
 from trainer.logs import filter_native_logs, setup_logging
@@ -154,20 +156,28 @@ def predict(model: str, images: tuple[str, ...], top: int, **options: Any) -> No
 @_setting("seed")
 @_setting("dataset_mirror")
 @_setting("bad_images")
-@_setting("work_dir", help="Local folder where an s3:// DATASET is fetched (cached).")
+@_setting("dataset_format")
+@_setting("data_cache_bytes")
+@_setting("work_dir", help="Local folder where an s3:// DATASET is fetched (or streamed).")
 @_store_options
 def evaluate(model: str, dataset: str, destination: str, split: str, validation_split: float,
-             seed: int, dataset_mirror: str | None, bad_images: Any, work_dir: str,
-             **options: Any) -> None:
+             seed: int, dataset_mirror: str | None, bad_images: Any, dataset_format: str | None,
+             data_cache_bytes: int | None, work_dir: str, **options: Any) -> None:
     """Metrics and pictures of MODEL (a run id or an .h5) on DATASET (anything DATASET takes)."""
     from trainer.reports.evaluation import evaluate_model  # TensorFlow
 
     endpoint, style = options["s3_endpoint_url"], options["s3_addressing_style"]
     path = resolve_model(model, _store(options))
-    local = fetch_dataset(dataset, Path(work_dir) / "datasets", endpoint, style)
+    remote = Remote(endpoint, style, str(Path(work_dir) / "stream-cache" / "evaluate"),
+                    data_cache_bytes or default_cache_bytes(work_dir),
+                    default_of(OPTIONS_BY_FIELD["upload_timeout"]))
+    streamed = remote_dataset(dataset, remote, validation_split=validation_split, seed=seed,
+                              dataset_format=dataset_format)
+    local = dataset if streamed else fetch_dataset(dataset, Path(work_dir) / "datasets",
+                                                   endpoint, style)
     metrics = evaluate_model(path, local, split, Path(destination),
                              validation_split=validation_split, seed=seed, mirror=dataset_mirror,
-                             bad_images=bad_images)
+                             bad_images=bad_images, remote=remote, dataset_format=dataset_format)
     click.echo(f"accuracy {metrics['accuracy']:.4f} on {metrics['examples']} images; "
                f"metrics.json, confusion.png and errors.png in {destination}")
 

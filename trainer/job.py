@@ -17,7 +17,10 @@ from pathlib import Path
 
 from trainer.cluster.platforms import resolve_platform
 from trainer.cluster.specs import resolve_cluster
-from trainer.data.load import Dataset, fetch_dataset, load_dataset
+from trainer.data.load import Dataset, fetch_dataset, load_dataset, remote_dataset
+from trainer.data.shards import default_cache_bytes
+from trainer.data.stream_failures import stream_failures_raised
+from trainer.data.tfrecords import Remote
 from trainer.errors import TrainerError
 from trainer.logs import get_logger
 from trainer.serving.formats import check_export_runtimes
@@ -43,27 +46,43 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
     if cluster.is_chief:
         clear_failure(store, settings.run_key)
     try:
-        dataset = load_run_dataset(settings, cluster.task_position, cluster.task_count)
+        dataset = load_run_dataset(settings, cluster.task_position)
         weights = None if settings.weights == "none" else fetch_if_remote(
             settings, settings.weights, "weights")
         # The TensorFlow boundary (see trainer/__init__.py).
         from trainer.train import train
 
-        train(settings, store, dataset, weights, platform.environ)
+        with stream_failures_raised():  # why a streamed dataset stopped, not tf.data's error
+            train(settings, store, dataset, weights, platform.environ)
     except TrainerError as error:
         if cluster.is_chief and error.exit_code in UNRECOVERABLE:  # what `trainer runs` shows
             record_failure(store, settings.run_key, error)
         raise
 
 
-def load_run_dataset(settings: Settings, worker: int = 0, workers: int = 1) -> Dataset:
-    """DATASET with the run's validation split, fetched first when it is in S3 (worker
-    `worker` of `workers`: the TFRecord files it reads). Broken image files are left out or
-    fail the run here (BAD_IMAGES); TFRecords are only listed (they are counted by
-    trainer.train once the strategy is made)."""
-    return load_dataset(fetch_if_remote(settings, settings.dataset, "datasets", worker, workers),
+def load_run_dataset(settings: Settings, worker: int = 0) -> Dataset:
+    """DATASET with the run's validation split: shards (local, or in S3 streamed through worker
+    `worker`'s cache) are only listed (they are counted by trainer.train once the strategy is
+    made); an .npz or image folder in S3 is fetched first. Broken image files are left out or
+    fail the run here (BAD_IMAGES)."""
+    streamed = remote_dataset(settings.dataset, stream_cache(settings, worker),
+                              validation_split=settings.validation_split, seed=settings.seed,
+                              dataset_format=settings.dataset_format)
+    if streamed is not None:
+        return streamed
+    return load_dataset(fetch_if_remote(settings, settings.dataset, "datasets"),
                         validation_split=settings.validation_split, seed=settings.seed,
-                        mirror=settings.dataset_mirror, bad_images=settings.bad_images)
+                        mirror=settings.dataset_mirror, bad_images=settings.bad_images,
+                        dataset_format=settings.dataset_format)
+
+
+def stream_cache(settings: Settings, worker: int = 0) -> Remote:
+    """How shards in S3 reach worker `worker`: the S3 settings, its cache folder in WORK_DIR
+    and DATA_CACHE_BYTES, and UPLOAD_TIMEOUT to wait out an outage."""
+    cache_bytes = settings.data_cache_bytes or default_cache_bytes(settings.work_dir)
+    return Remote(settings.s3_endpoint_url, settings.s3_addressing_style,
+                  str(Path(settings.work_dir) / "stream-cache" / f"worker-{worker}"),
+                  cache_bytes, settings.upload_timeout)
 
 
 def finished(store: Store, run_id: str) -> bool:
@@ -76,9 +95,8 @@ def finished(store: Store, run_id: str) -> bool:
         return False
 
 
-def fetch_if_remote(settings: Settings, location: str, kind: str, worker: int = 0,
-                    workers: int = 1) -> str:
+def fetch_if_remote(settings: Settings, location: str, kind: str) -> str:
     """An s3:// dataset or weights file, fetched into WORK_DIR/kind (cached); other values as
     given."""
     return fetch_dataset(location, Path(settings.work_dir) / kind, settings.s3_endpoint_url,
-                         settings.s3_addressing_style, worker, workers)
+                         settings.s3_addressing_style)

@@ -152,6 +152,19 @@ def _run_id(variable: str, text: str) -> str:
     return value
 
 
+_BYTE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+               "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def _bytes(variable: str, text: str) -> int:
+    """A size: bytes, or with a unit as Kubernetes writes them (500M, 20Gi, 1.5T; a trailing B
+    is allowed)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if not found or int(float(found[1]) * _BYTE_UNITS[found[2] or ""]) < 1:
+        raise _fail(variable, text, "give a size in bytes >= 1, e.g. 50000000000, 50G or 40Gi")
+    return int(float(found[1]) * _BYTE_UNITS[found[2] or ""])
+
+
 def _weights(variable: str, text: str) -> str:
     value = _text(variable, text)
     return value.lower() if value.lower() in ("imagenet", "none") else value
@@ -159,7 +172,15 @@ def _weights(variable: str, text: str) -> str:
 
 OPTIONS: tuple[Option, ...] = (
     Option("dataset", "DATASET", "Built-in name (" + ", ".join(BUILTIN_DATASETS) + ") or a local "
-           "path / s3:// URI of an .npz, an image folder or a TFRecord folder.", _text),
+           "path / s3:// URI of an .npz, an image folder, or a folder of TFRecord, WebDataset "
+           "(.tar) or Parquet shards (s3:// shards are streamed, never fetched whole).", _text),
+    Option("dataset_format", "DATASET_FORMAT", "Only where a DATASET's files leave it "
+           "ambiguous: npz, folder, tfrecord, webdataset or parquet.",
+           _choice("npz", "folder", "tfrecord", "webdataset", "parquet"), "detected"),
+    Option("data_cache_bytes", "DATA_CACHE_BYTES", "Local disk for shards streamed from an "
+           "s3:// DATASET (the next shards are downloaded ahead, read ones deleted); bytes, or "
+           "e.g. 20G or 16Gi. At least the largest shard.", _bytes,
+           "half the free disk under WORK_DIR"),
     Option("dataset_mirror", "DATASET_MIRROR", "URL or local folder holding the built-in "
            "datasets' archives under their usual names, for clusters without internet.",
            _optional_text, "none"),
@@ -199,7 +220,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_level", "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR; DEBUG also shows "
            "tracebacks.", _choice(*LOG_LEVELS, lower=False)),
     Option("upload_timeout", "UPLOAD_TIMEOUT", "Seconds to wait after training for unreachable "
-           "storage before exiting 75 with the local copies kept.",
+           "storage before exiting 75 with the local copies kept; also how long a shard "
+           "streamed from S3 is waited for during training.",
            _number(0.0, None, low_inclusive=True)),
     Option("steps_per_call", "STEPS_PER_CALL", "Training steps per compiled call: more keeps a "
            "GPU busier; SIGTERM is answered after the current call.", _integer(1, 10000)),

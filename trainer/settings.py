@@ -32,6 +32,8 @@ AUGMENTED_DATASETS = ("cifar10", "cifar100")
 @dataclass(frozen=True)
 class Settings:
     dataset: str = "cifar10"
+    dataset_format: Literal["npz", "folder", "tfrecord", "webdataset", "parquet"] | None = None
+    data_cache_bytes: int | None = None  # None: trainer.data.shards.default_cache_bytes
     dataset_mirror: str | None = None
     backbone: str = "ResNet50"
     pooling: Literal["avg", "max"] = "avg"

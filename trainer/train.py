@@ -44,6 +44,7 @@ from trainer.data.pipeline import (
     preview,
     training_input,
 )
+from trainer.data.shard_downloads import stream_stats
 from trainer.errors import StorageError, Terminated, UploadsUnfinished
 from trainer.finish import evaluator, exporter
 from trainer.logs import get_logger
@@ -238,7 +239,7 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
         state, improved = state.after_epoch(row, settings.monitor, settings.monitor_mode)
         log.info(f"epoch {epoch}/{settings.total_epochs}", extra={
             "run_id": settings.run_id, **row, "best_epoch": state.best_epoch,
-            **run.progress.epoch_done(row)})
+            **run.progress.epoch_done(row), **stream_stats()})
         run.outputs.epoch_done(state, improved, loop.model, run.checkpoint)
         if epoch < settings.total_epochs and stop_requested():
             raise _save_and_stop(run, state, f"the end of epoch {epoch}", saved=True)

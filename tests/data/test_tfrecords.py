@@ -1,33 +1,31 @@
 """TFRecords streamed after the strategy exists: layout, sharding by file (or by record), the
-held-out split, counting, and real runs with two replicas and with two workers."""
+held-out split, counting, and a real run with two replicas (two workers streaming shards from S3:
+tests/data/test_streaming.py)."""
 
 from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import (
-    REPO,
     TINY_JOB,
     S3Server,
     clean_environ,
-    free_ports,
     json_lines,
     run_entrypoint,
+    upload_folder,
 )
 
 from trainer.data.counting import count_records
-from trainer.data.load import load_dataset
+from trainer.data.load import load_dataset, remote_dataset
 from trainer.data.memory import cache_dataset
-from trainer.data.pipeline import batch_preprocessor, training_input
+from trainer.data.pipeline import batch_preprocessor, evaluation_input, training_input
 from trainer.data.reading import read_records
-from trainer.data.tfrecords import files_to_fetch, shard
+from trainer.data.tfrecords import Remote, shard
 from trainer.errors import DataError
 
 
@@ -128,19 +126,6 @@ def test_records_larger_than_the_memory_budget_stream(tmp_path: Path) -> None:
     assert cached.train.in_memory and len(cached.train) == len(data.train)
 
 
-def test_each_worker_fetches_only_what_it_reads() -> None:
-    names = ["classes.txt", "train/part-0.tfrecord", "train/part-1.tfrecord",
-             "train/part-2.tfrecord", "val/part-0.tfrecord"]
-    wanted = [{n for n in names if files_to_fetch(names, w, 2)(n)} for w in (0, 1)]
-    assert wanted[0] == {"classes.txt", "train/part-0.tfrecord", "train/part-2.tfrecord",
-                         "val/part-0.tfrecord"}
-    assert wanted[1] == {"classes.txt", "train/part-1.tfrecord", "val/part-0.tfrecord"}
-    flat = ["part-0.tfrecord", "part-1.tfrecord"]  # held out of the training files
-    assert all(files_to_fetch(flat, 0, 2)(n) for n in flat)  # the chief evaluates all of it
-    assert [files_to_fetch(flat, 1, 2)(n) for n in flat] == [False, True]
-    assert all(files_to_fetch(flat, 0, 1)(n) for n in flat)
-
-
 def test_two_replicas_train_on_tfrecords_with_a_batch_larger_than_the_data(tmp_path: Path
                                                                            ) -> None:
     root = write_records(tmp_path / "records", list(range(3)) * 12, parts=2)
@@ -160,49 +145,6 @@ def test_two_replicas_train_on_tfrecords_with_a_batch_larger_than_the_data(tmp_p
     assert metrics["examples"] == config["validation_examples"]
 
 
-def test_two_workers_each_fetch_and_read_their_own_tfrecord_files(tmp_path: Path,
-                                                                   rclone_server: S3Server
-                                                                   ) -> None:
-    """TFRecords in an S3 prefix: each worker fetches and reads 2 of the 4 training files
-    (and every validation file), the counts are shared, and they train as one."""
-    write_records(tmp_path / "records" / "train", list(range(3)) * 16, parts=4)
-    write_records(tmp_path / "records" / "val", list(range(3)) * 4, parts=2, seed=1)
-    bucket, client = rclone_server.new_bucket(), rclone_server.client()
-    for path in sorted((tmp_path / "records").rglob("*.tfrecord")):
-        client.upload_file(str(path), bucket, f"data/{path.relative_to(tmp_path / 'records')}")
-    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    processes = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = clean_environ(TINY_JOB, rclone_server.env(), DATASET=f"s3://{bucket}/data",
-                            RUN_ID="two-workers",
-                            ARTIFACT_URI=str(tmp_path / "runs"), EPOCHS="1", BATCH_SIZE="8",
-                            WORK_DIR=str(tmp_path / f"work-{index}"),
-                            TF_CONFIG=json.dumps(tf_config))
-        processes.append(subprocess.Popen([sys.executable, "entrypoint.py"], env=env, cwd=REPO,
-                                          text=True, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE))
-    outputs = [p.communicate(timeout=600) for p in processes]
-    for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr[-3000:]
-    lines = [json_lines(stdout) for stdout, _ in outputs]
-    reads = [next(r for r in worker if "tfrecord_files" in r) for worker in lines]
-    assert [(r["worker"], r["tfrecord_files"]) for r in reads] == [(0, 2), (1, 2)]
-    caches = [tmp_path / f"work-{index}" / "datasets" / bucket for index in range(2)]
-    fetched = [sorted(str(p.relative_to(cache)) for p in cache.rglob("*.tfrecord"))
-               for cache in caches]
-    val = ["data/val/part-0.tfrecord", "data/val/part-1.tfrecord"]
-    assert fetched == [["data/train/part-0.tfrecord", "data/train/part-2.tfrecord", *val],
-                       ["data/train/part-1.tfrecord", "data/train/part-3.tfrecord", *val]]
-    digests = [next(r["weights_sha256"] for r in worker if "weights_sha256" in r)
-               for worker in lines]
-    assert digests[0] == digests[1]
-    config = json.loads((tmp_path / "runs" / "two-workers" / "config.json").read_text())
-    assert (config["train_examples"], config["validation_examples"]) == (48, 12)
-    metrics = json.loads((tmp_path / "runs" / "two-workers" / "metrics.json").read_text())
-    assert metrics["examples"] == 12  # the chief evaluates every validation record
-
-
 def test_a_resumed_epoch_sees_the_batches_it_had_not_trained_on(tmp_path: Path) -> None:
     root = write_records(tmp_path / "r", list(range(3)) * 20, parts=3)
     data = count_records(load_dataset(str(root), validation_split=0.2, seed=0))
@@ -217,3 +159,31 @@ def test_a_resumed_epoch_sees_the_batches_it_had_not_trained_on(tmp_path: Path) 
                for a, b in zip(whole[2:], resumed, strict=False))
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(whole, batches(2, 0),
                                                               strict=True))
+
+
+def test_tfrecords_in_s3_are_streamed_with_the_split_they_have_on_disk(
+        rclone_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An s3:// prefix of TFRecords is streamed, never fetched whole: counted by reading it once
+    (its index kept beside it), the same records held out as from a local copy."""
+    root = write_records(tmp_path / "r", list(range(3)) * 20, parts=3)
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    bucket, client = rclone_server.new_bucket(), rclone_server.client()
+    upload_folder(client, bucket, root, "records")
+    for name, value in rclone_server.env().items():
+        monkeypatch.setenv(name, value)
+    local = count_records(load_dataset(str(root), validation_split=0.25, seed=0))
+    remote = Remote(rclone_server.endpoint, "path", str(tmp_path / "cache"), 10**6, 30)
+    streamed = count_records(remote_dataset(f"s3://{bucket}/records", remote,
+                                            validation_split=0.25, seed=0))
+    assert not streamed.train.native and streamed.class_names == ("a", "b", "c")
+    assert (len(streamed.train), len(streamed.val)) == (len(local.train), len(local.val))
+    assert client.head_object(Bucket=bucket, Key="records/part-0.tfrecord.index.json")
+
+    def held_out(split) -> list:  # noqa: ANN001
+        fn = evaluation_input(split, 12, batch_preprocessor(12, lambda images: images), 8)
+        return sorted((x.tobytes(), int(y)) for images, labels, weights
+                      in fn(tf.distribute.InputContext()).as_numpy_iterator()
+                      for x, y, w in zip(images, labels, weights, strict=True) if w)
+
+    assert held_out(streamed.val) == held_out(local.val)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # read, deleted

@@ -13,23 +13,22 @@ trainer/__init__.py). The listing without TensorFlow is trainer.data.tfrecords.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 
 from trainer.data.reading import FEATURES, file_records, held_out, parse
+from trainer.data.shard_counting import count_shards
 from trainer.data.splits import Dataset
-from trainer.data.tfrecords import CLASSES_FILE, Holdout, Records, shard
+from trainer.data.tallies import SIDE_SAMPLE, counted, gather_rows, side_of
+from trainer.data.tfrecords import Holdout, Records, shard
 from trainer.errors import DataError
 from trainer.logs import get_logger
 
-SIDE_SAMPLE = 16  # records of the first file whose image headers give the dataset's side
 SCAN_THREADS = 4
 
 
@@ -98,46 +97,25 @@ def _tally(records: Records, worker: int, workers: int) -> tuple[_Tally, _Tally]
 
 def _first_side(path: str) -> int:
     """The median larger side of the first images of `path` (their headers only)."""
-    sides = []
     try:
         records = list(tf.data.TFRecordDataset(path).take(SIDE_SAMPLE).map(parse)
                        .as_numpy_iterator())
     except tf.errors.OpError:
         return 0  # the count names the file
-    for encoded, _ in records:
-        try:
-            with Image.open(io.BytesIO(encoded)) as image:
-                sides.append(max(image.size))
-        except (OSError, UnidentifiedImageError, ValueError):
-            continue
-    return int(np.median(sides)) if sides else 0
-
-
-def _gather_rows(row: list[int], strategy: Any, workers: int) -> np.ndarray:
-    """Every worker's `row`, by worker index (a collective: every worker calls it)."""
-    if strategy is None or (workers <= 1 and strategy.num_replicas_in_sync == 1):
-        return np.asarray([row], np.int64)
-    local_replicas = strategy.num_replicas_in_sync // workers
-    # float64: collectives on every device type carry it, and it holds these counts exactly.
-    value = tf.constant([row], tf.float64)
-
-    @tf.function
-    def gather() -> Any:
-        return strategy.run(
-            lambda: tf.distribute.get_replica_context().all_gather(value, axis=0))
-
-    gathered = strategy.experimental_local_results(gather())[0].numpy()
-    return np.round(gathered[::local_replicas]).astype(np.int64)  # each worker's first replica
+    return side_of([encoded for encoded, _ in records])
 
 
 def count_records(dataset: Dataset, strategy: Any = None, worker: int = 0, workers: int = 1
                   ) -> Dataset:
-    """A TFRecord dataset with its counts, class names and side filled in (other datasets as
-    they are). Every worker calls it at the same point: the counts are shared by a collective.
+    """A TFRecord dataset with its counts, class names and side filled in (WebDataset and
+    Parquet shards, and shards in S3, by trainer.data.shard_counting; other datasets as they
+    are). Every worker calls it at the same point: the counts are shared by a collective.
     A worker that finds its records unusable makes every worker exit 3."""
     train, val = dataset.train, dataset.val
     if not isinstance(train, Records) or not isinstance(val, Records):
         return dataset
+    if not train.native:
+        return count_shards(dataset, strategy, worker, workers)
     error: DataError | None = None
     row = [0] * 10
     files, by_record = shard(len(train.files), worker, workers)
@@ -154,43 +132,11 @@ def count_records(dataset: Dataset, strategy: Any = None, worker: int = 0, worke
         row = [0, side, *kept.row(), *held.row()]
     except DataError as found:
         error, row[0] = found, 1
-    rows = _gather_rows(row, strategy, workers)
+    rows = gather_rows(row, strategy, workers)
     if error is not None:
         raise error
     if rows[:, 0].any():
         failed = ", ".join(str(i) for i in np.flatnonzero(rows[:, 0]))
         raise DataError(f"DATASET={dataset.source}: worker(s) {failed} found unreadable "
                         "TFRecords; their log names the file")
-    return _counted(dataset, train, val, rows, workers)
-
-
-def _counted(dataset: Dataset, train: Records, val: Records, rows: np.ndarray,
-             workers: int) -> Dataset:
-    source = dataset.source
-    train_counts, val_counts = rows[:, 2], rows[:, 6]
-    if not train_counts.sum():
-        raise DataError(f"DATASET={source}: the TFRecord files hold no training records")
-    if not val_counts.sum():
-        raise DataError(f"DATASET={source}: no record was held out for validation; give more "
-                        "records, a larger VALIDATION_SPLIT, or a val/ folder of TFRecords")
-    if workers > 1 and not train_counts.all():
-        idle = ", ".join(str(i) for i in np.flatnonzero(train_counts == 0))
-        raise DataError(f"DATASET={source}: worker(s) {idle} of {workers} would read no "
-                        "training records; give more (or more even) TFRecord files")
-    train_low, train_high = rows[:, 4][train_counts > 0].min(), rows[:, 5].max()
-    high = int(max(train_high, rows[:, 9].max()))
-    if train_low == train_high:
-        raise DataError(f"DATASET={source} has a single class; a classifier needs two or more")
-    names = dataset.class_names or tuple(str(i) for i in range(high + 1))
-    if high >= len(names):
-        raise DataError(f"DATASET={source}: labels go up to {high} but {CLASSES_FILE} names "
-                        f"{len(names)} classes")
-
-    def filled(split: Records, counts: np.ndarray, image_bytes: int) -> Records:
-        total = int(counts.sum())
-        return replace(split, count=total, shard_counts=tuple(int(c) for c in counts),
-                       mean_bytes=image_bytes / max(total, 1))
-
-    return replace(dataset, train=filled(train, train_counts, int(rows[:, 3].sum())),
-                   val=filled(val, val_counts, int(rows[:, 7].sum())), class_names=names,
-                   native_size=int(rows[:, 1].max()))
+    return counted(dataset, train, val, rows, workers)

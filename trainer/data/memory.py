@@ -48,13 +48,16 @@ def cache_decoded(split: Split | Records, image_size: int, budget: int, worker: 
                   workers: int = 1) -> Split | Records:
     """Image files or TFRecords decoded once, at the training size, into memory when they fit
     in `budget` bytes, so that epochs after the first spend no time decoding; otherwise the
-    split as it is (decoded anew every epoch). TFRecords: worker `worker`'s share of them;
+    split as it is (decoded anew every epoch); shards in S3 always stream. TFRecords: worker
+    `worker`'s share of them;
     image files: all of them, as every worker reads its share of the list.
     Images that fail to decode are left out (see `take_decode_failures`)."""
     if isinstance(split, Split):
         if split.in_memory:
             return split
         worker, workers = 0, 1
+    elif split.remote is not None:
+        return split  # shards in S3 stream while training: reading all first is the wait to avoid
     local = local_count(split, worker, workers)
     if local * image_size * image_size * 3 > budget:
         return split

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data.memory import memory_budget
-from trainer.data.sources import decoded, elements, local_count
+from trainer.data.sources import decoded, elements, local_count, training_elements
 from trainer.data.splits import Dataset, Split
 from trainer.data.tfrecords import Records
 
@@ -87,9 +87,8 @@ def training_input(
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = context.get_per_replica_batch_size(global_batch)
         local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-        ds = elements(split, context.input_pipeline_id, context.num_input_pipelines,
-                      order_seed, budget)
-        ds = ds.repeat().skip(skip_steps * local_replicas * per_replica)
+        ds = training_elements(split, context.input_pipeline_id, context.num_input_pipelines,
+                               order_seed, budget, skip_steps * local_replicas * per_replica)
         ds = decoded(ds, split, image_size)
         if augment:
             # Seeded by (SEED, epoch, worker), so that a rerun of an epoch sees the same images.

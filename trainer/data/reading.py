@@ -29,6 +29,29 @@ def held_out(holdout: Holdout, name: tf.Tensor, position: tf.Tensor) -> tf.Tenso
     return bucket < int(round(holdout.fraction * HOLDOUT_BUCKETS))
 
 
+def held_mask(holdout: Holdout, name: str, count: int) -> np.ndarray:
+    """Which of the `count` records of file `name` are held out (bool per position)."""
+    if count == 0:
+        return np.zeros(0, bool)
+    return held_out(holdout, tf.constant(name), tf.range(count, dtype=tf.int64)).numpy()
+
+
+def kept_positions(split: Records, index: int, count: int, worker: int, workers: int,
+                   by_record: bool, held: np.ndarray | None = None) -> np.ndarray:
+    """The positions of file `index` (of `count` records) that worker `worker` reads in
+    `split`: its share by record, of the holdout's part. `held`: the file's `held_mask`, when
+    the caller has it already."""
+    positions = np.arange(count, dtype=np.int64)
+    if by_record:
+        positions = positions[(positions + index) % workers == worker]
+    if split.holdout is not None:
+        if held is None:
+            held = held_mask(split.holdout, Path(split.files[index]).name, count)
+        chosen = held[positions]
+        positions = positions[chosen if split.holdout.part == "val" else ~chosen]
+    return positions
+
+
 def file_records(path: tf.Tensor, index: tf.Tensor, name: tf.Tensor, worker: int,
                  workers: int, by_record: bool, holdout: Holdout | None) -> tf.data.Dataset:
     """(position, serialized record) of one file: this worker's share of its records, of the

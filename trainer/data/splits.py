@@ -1,5 +1,6 @@
 """The dataset every loader returns (trainer.data.load) and the pipeline reads: a training and a
-validation split, each images in memory, image files or TFRecord files, with the class names.
+validation split, each images in memory, image files or shard files (`Records`), with the class
+names.
 
     train, val = random_split(source, images, labels, fraction=0.1, seed=0)
     dataset = Dataset(train, val, class_names, native_size=32, channels=3, source=source)
@@ -43,15 +44,16 @@ class Split:
 class Dataset:
     train: Split | Records
     val: Split | Records
-    class_names: tuple[str, ...]  # empty for TFRecords without classes.txt until counted
-    native_size: int  # the images' typical larger side; 0 for TFRecords until counted
+    class_names: tuple[str, ...]  # empty for shards without class names until counted
+    native_size: int  # the images' typical larger side; 0 for shards until counted
     channels: int
     source: str = ""  # DATASET as given, for messages
     bad_images: tuple[BadImage, ...] = ()  # left out (BAD_IMAGES=skip)
 
     @property
     def streamed(self) -> bool:
-        """TFRecords: read from their files every epoch, never all in memory."""
+        """Shards (TFRecord, WebDataset, Parquet): read from their files every epoch, never all
+        in memory."""
         return isinstance(self.train, Records)
 
 

@@ -20,9 +20,10 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from trainer.data.bad_images import apply_bad_images_policy
 from trainer.data.counting import count_records
 from trainer.data.decode_failures import take_decode_failures
-from trainer.data.load import Dataset, Split, load_dataset
+from trainer.data.load import Dataset, Split, load_dataset, remote_dataset
 from trainer.data.pipeline import batch_preprocessor, evaluation_input
-from trainer.data.tfrecords import Records
+from trainer.data.stream_failures import stream_failures_raised
+from trainer.data.tfrecords import Records, Remote
 from trainer.errors import DataError
 from trainer.logs import get_logger
 from trainer.models.classifier import preprocess_function
@@ -118,11 +119,13 @@ def run_settings(model_path: Path) -> dict[str, Any]:
 
 def evaluate_model(model_path: Path, dataset: str, split: str, destination: Path, *,
                    validation_split: float, seed: int, mirror: str | None,
-                   bad_images: Literal["skip", "fail"] = "skip") -> dict[str, Any]:
+                   bad_images: Literal["skip", "fail"] = "skip",
+                   remote: Remote | None = None, dataset_format: str | None = None
+                   ) -> dict[str, Any]:
     """`trainer evaluate`: the model's own size, preprocessing and class names, on `dataset`
-    (a local path; its held-out split, or every image with `split` "all"). The held-out split
-    is the run's own when the model's config.json is beside it: its SEED and
-    VALIDATION_SPLIT, not the ones given."""
+    (a local path, or an s3:// prefix of shards streamed through `remote`; its held-out split,
+    or every image with `split` "all"). The held-out split is the run's own when the model's
+    config.json is beside it: its SEED and VALIDATION_SPLIT, not the ones given."""
     metadata = read_model_metadata(model_path)
     model = keras.models.load_model(model_path, compile=False)
     size = int(model.input_shape[1])
@@ -133,8 +136,12 @@ def evaluate_model(model_path: Path, dataset: str, split: str, destination: Path
         validation_split = float(run.get("validation_split", validation_split))
         get_logger().info("the run's own split: SEED and VALIDATION_SPLIT from its config.json",
                           extra={"seed": seed, "validation_split": validation_split})
-    data = count_records(load_dataset(dataset, validation_split=validation_split, seed=seed,
-                                      mirror=mirror, bad_images=bad_images))
+    streamed = remote_dataset(dataset, remote, validation_split=validation_split, seed=seed,
+                              dataset_format=dataset_format) if remote is not None else None
+    data = count_records(streamed or load_dataset(dataset, validation_split=validation_split,
+                                                  seed=seed, mirror=mirror,
+                                                  bad_images=bad_images,
+                                                  dataset_format=dataset_format))
     if len(data.class_names) != len(names):
         raise DataError(f"DATASET {dataset} has {len(data.class_names)} classes but the "
                         f"model has {len(names)}; evaluate on a dataset of the same classes")
@@ -144,8 +151,9 @@ def evaluate_model(model_path: Path, dataset: str, split: str, destination: Path
                                     else lambda batch: batch)
     destination.mkdir(parents=True, exist_ok=True)
     which = "every image" if split == "all" else "held out"
-    metrics = evaluate(model, chosen, size, preprocess, list(names), destination,
-                       source=f"{dataset} ({which})")
+    with stream_failures_raised():
+        metrics = evaluate(model, chosen, size, preprocess, list(names), destination,
+                           source=f"{dataset} ({which})")
     apply_bad_images_policy(take_decode_failures(), bad_images)
     return metrics
 
@@ -154,9 +162,13 @@ def every_example(data: Dataset) -> Split | Records:
     """The training and validation splits as one."""
     train, val = data.train, data.val
     if isinstance(train, Records) and isinstance(val, Records):
-        files = train.files if val.holdout is not None else train.files + val.files
-        return replace(train, files=files, holdout=None, count=len(train) + len(val),
-                       shard_counts=(len(train) + len(val),))
+        if val.holdout is not None:
+            return replace(train, holdout=None, count=len(train) + len(val),
+                           shard_counts=(len(train) + len(val),))
+        return replace(train, files=train.files + val.files, holdout=None,
+                       count=len(train) + len(val), shard_counts=(len(train) + len(val),),
+                       sizes=train.sizes + val.sizes, etags=train.etags + val.etags,
+                       file_counts=train.file_counts + val.file_counts)
     assert isinstance(train, Split) and isinstance(val, Split)
     images = (np.concatenate([train.images, val.images]) if train.in_memory
               else [*train.images, *val.images])

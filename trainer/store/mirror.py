@@ -109,7 +109,7 @@ def _download(client: Any, bucket: str, folder: str, items: list[tuple[S3Object,
         for item, target, _ in items:
             target.parent.mkdir(parents=True, exist_ok=True)
             futures.append(manager.download(bucket, folder + item.key, str(target),
-                                            subscribers=[_Sized(item.size), progress]))
+                                            subscribers=[KnownSize(item.size), progress]))
         for (item, target, marker), future in zip(items, futures, strict=True):
             try:
                 future.result()
@@ -126,7 +126,7 @@ def _download(client: Any, bucket: str, folder: str, items: list[tuple[S3Object,
     progress.finish()
 
 
-class _Sized(BaseSubscriber):
+class KnownSize(BaseSubscriber):
     """The size is known from the listing: s3transfer need not ask with a HEAD per object."""
 
     def __init__(self, size: int) -> None:

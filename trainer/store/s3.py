@@ -141,6 +141,22 @@ class S3Store:
                 return None
             self._raise(error, key)
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of the object from `start` (one ranged GET)."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                          Range=f"bytes={start}-{start + length - 1}")[
+                                              "Body"].read()
+        except Exception as error:
+            self._raise(error, key)
+
+    def open_stream(self, key: str) -> Any:
+        """The object's body, to read front to back (a botocore StreamingBody)."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except Exception as error:
+            self._raise(error, key)
+
     def put_file(self, key: str, path: Path) -> None:
         """s3transfer uploads big files in parts; S3 shows the object only once whole."""
         try:
