@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, sagemaker_layout
 
 from trainer.cluster.platforms import failure_file, fuse_path, resolve_platform
 from trainer.cluster.specs import resolve_cluster
@@ -22,34 +22,9 @@ from trainer.errors import ConfigError
 from trainer.settings import load_settings
 
 
-def sagemaker(tmp_path: Path, hyperparameters: dict | None = None, hosts: tuple = ("algo-1",),
-              current: str = "algo-1", channels: dict | None = None,
-              checkpoints: bool = True) -> Path:
-    """A fake /opt/ml as SageMaker lays it out for a training container."""
-    base = tmp_path / "opt-ml"
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters or {}))
-    (config / "resourceconfig.json").write_text(json.dumps(
-        {"current_host": current, "hosts": list(hosts), "network_interface_name": "eth0"}))
-    channels = {"training": {"digits.npz": b"npz"}} if channels is None else channels
-    (config / "inputdataconfig.json").write_text(json.dumps(
-        {name: {"TrainingInputMode": "File"} for name in channels}))
-    for name, files in channels.items():
-        for relative, data in files.items():
-            path = base / "input" / "data" / name / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-    (base / "model").mkdir()
-    (base / "output").mkdir()
-    if checkpoints:
-        (base / "checkpoints").mkdir()
-    return base
-
-
 def test_sagemaker_hyperparameters_channels_and_folders(tmp_path: Path) -> None:
     # As SageMaker's Python SDK writes them: strings JSON-encoded, keys as the user gave them.
-    base = sagemaker(tmp_path, hyperparameters={
+    base = sagemaker_layout(tmp_path, hyperparameters={
         "epochs": "3", "BATCH_SIZE": "8", "backbone": '"VGG16"', "learning-rate": "1e-4",
         "image_size": 32, "sagemaker_program": '"train.py"', "sagemaker_region": '"eu-west-1"',
         "_tuning_objective_metric": "val_accuracy"},
@@ -77,7 +52,7 @@ def test_sagemaker_hyperparameters_channels_and_folders(tmp_path: Path) -> None:
 
 
 def test_sagemaker_defaults_give_way_to_what_the_user_set(tmp_path: Path) -> None:
-    base = sagemaker(tmp_path, hyperparameters={"dataset": '"s3://bucket/data.npz"'},
+    base = sagemaker_layout(tmp_path, hyperparameters={"dataset": '"s3://bucket/data.npz"'},
                      channels={"images": {"cats/1.png": b"", "dogs/1.png": b""}},
                      checkpoints=False)
     environ = {"SAGEMAKER_BASE_DIR": str(base), "TRAINING_JOB_NAME": "job", "RUN_ID": "mine"}
@@ -91,7 +66,7 @@ def test_sagemaker_defaults_give_way_to_what_the_user_set(tmp_path: Path) -> Non
 
 
 def test_sagemaker_hosts_become_a_multi_worker_cluster(tmp_path: Path) -> None:
-    base = sagemaker(tmp_path, hosts=("algo-2", "algo-1", "algo-3"), current="algo-2")
+    base = sagemaker_layout(tmp_path, hosts=("algo-2", "algo-1", "algo-3"), current="algo-2")
     platform = resolve_platform({"SAGEMAKER_BASE_DIR": str(base)})
     cluster, config = resolve_cluster(platform.environ)
     assert cluster.workers == ("algo-1:2222", "algo-2:2222", "algo-3:2222")
@@ -106,7 +81,7 @@ def test_sagemaker_hosts_become_a_multi_worker_cluster(tmp_path: Path) -> None:
 
 
 def test_bad_hyperparameters_are_config_errors(tmp_path: Path) -> None:
-    base = sagemaker(tmp_path, hyperparameters={"epochs": "three"})
+    base = sagemaker_layout(tmp_path, hyperparameters={"epochs": "three"})
     environ = {"SAGEMAKER_BASE_DIR": str(base)}
     with pytest.raises(ConfigError, match="EPOCHS='three' is invalid") as raised:
         load_settings(resolve_platform(environ).environ)
@@ -187,7 +162,7 @@ def test_sagemaker_runs_the_image_with_train_and_its_layout(tiny_npz: Path,
                                                              tmp_path: Path) -> None:
     from conftest import clean_environ, json_lines, run_entrypoint
 
-    base = sagemaker(tmp_path, hyperparameters={
+    base = sagemaker_layout(tmp_path, hyperparameters={
         "backbone": '"VGG16"', "weights": '"none"', "image_size": "32", "epochs": "1",
         "batch_size": "16", "validation_split": "0.25", "augment": '"none"'},
         channels={"training": {"tiny.npz": tiny_npz.read_bytes()}})
