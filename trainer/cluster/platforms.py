@@ -37,6 +37,7 @@ from trainer.errors import ConfigError
 from trainer.options import OPTIONS
 
 DEFAULT_SAGEMAKER_BASE_DIR = "/opt/ml"
+TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' terminationMessagePath default
 DEFAULT_GCS_FUSE_ROOT = "/gcs"
 VERTEX_MARKERS = ("CLOUD_ML_JOB_ID", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR",
                   "AIP_TENSORBOARD_LOG_DIR")
@@ -125,6 +126,18 @@ def failure_file(environ: Mapping[str, str]) -> str | None:
     except OSError:
         return None
     return str(base / "output" / "failure") if base is not None else None
+
+
+def record_failure(line: str, environ: Mapping[str, str]) -> None:
+    """The failure line where the platform shows it: Kubernetes' `kubectl describe pod` (the
+    termination log) and SageMaker's FailureReason (output/failure), where writable."""
+    for path in (TERMINATION_LOG, failure_file(environ)):
+        try:
+            if path:
+                with open(path, "w") as f:
+                    f.write(line + "\n")
+        except OSError:
+            pass
 
 
 def settings_variables() -> set[str]:
