@@ -191,23 +191,39 @@ def test_sagemaker_runs_the_image_with_train_and_its_layout(tiny_npz: Path,
 
 def test_vertex_reads_and_writes_cloud_storage_through_its_mount(tiny_npz: Path,
                                                                   tmp_path: Path) -> None:
+    """A trial of a tuning job: the tuned hyperparameters as Vertex AI passes them
+    (`--learning_rate=...`), the tuned metric in cloudml-hypertune's file."""
     from conftest import clean_environ, run_entrypoint
 
     mount = tmp_path / "gcs"
     (mount / "data-bucket" / "sets").mkdir(parents=True)
     (mount / "data-bucket" / "sets" / "tiny.npz").write_bytes(tiny_npz.read_bytes())
+    metrics_file = tmp_path / "hypertune" / "output.metrics"
     env = clean_environ(
         {"BACKBONE": "VGG16", "WEIGHTS": "none", "IMAGE_SIZE": "32", "EPOCHS": "1",
          "BATCH_SIZE": "16", "VALIDATION_SPLIT": "0.25", "AUGMENT": "none"},
-        GCS_FUSE_ROOT=str(mount), CLOUD_ML_JOB_ID="1234567890",
-        DATASET="gs://data-bucket/sets/tiny.npz",
+        GCS_FUSE_ROOT=str(mount), CLOUD_ML_JOB_ID="1234567890", CLOUD_ML_TRIAL_ID="7",
+        CLOUD_ML_HP_METRIC_FILE=str(metrics_file), DATASET="gs://data-bucket/sets/tiny.npz",
         AIP_MODEL_DIR="gs://out-bucket/job/model/", AIP_CHECKPOINT_DIR="gs://out-bucket/job/ckpt/",
         AIP_TENSORBOARD_LOG_DIR="gs://out-bucket/job/logs/", WORK_DIR=str(tmp_path / "work"))
-    result = run_entrypoint(env)
+    result = run_entrypoint(env, "--learning_rate=0.0005", "--epochs", "2")
     assert result.returncode == 0, result.stderr
     model_dir = mount / "out-bucket" / "job" / "model"
     config = json.loads((model_dir / "config.json").read_text())
     assert config["settings"]["run_id"] == "1234567890"
-    assert json.loads((model_dir / "manifest.json").read_text())["status"] == "finished"
+    assert (config["settings"]["learning_rate"], config["settings"]["epochs"]) == (0.0005, 2)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
     assert (mount / "out-bucket" / "job" / "ckpt" / "state" / "LATEST.json").is_file()
     assert list((mount / "out-bucket" / "job" / "logs" / "validation").iterdir())
+    # One line per epoch and one at the end, as cloudml-hypertune writes them: the best
+    # val_accuracy so far, so that the final measurement is the shipped model's.
+    history = json.loads((model_dir / "history.json").read_text())
+    best_so_far = [max(row["val_accuracy"] for row in history[:end]) for end in (1, 2, 2)]
+    lines = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert [(line["trial"], line["global_step"]) for line in lines] == [
+        ("7", "1"), ("7", "2"), ("7", "2")]
+    assert [float(line["val_accuracy"]) for line in lines] == best_so_far
+    assert float(lines[-1]["val_accuracy"]) == manifest["best_value"]
+    assert all(set(line) == {"timestamp", "trial", "global_step", "val_accuracy", "checkpoint_path"}
+               for line in lines)
