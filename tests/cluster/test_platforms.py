@@ -9,6 +9,7 @@ job reads it.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,26 +161,57 @@ def test_the_entrypoint_takes_sagemakers_train_argument() -> None:
 
 def test_sagemaker_runs_the_image_with_train_and_its_layout(tiny_npz: Path,
                                                              tmp_path: Path) -> None:
+    """`docker run IMAGE train` in SageMaker's layout; then managed spot training's restarts,
+    which bring back /opt/ml/checkpoints alone: the shipped model stays the best epoch's."""
     from conftest import clean_environ, json_lines, run_entrypoint
 
+    from trainer.store.artifacts import read_model_metadata
+
+    # A learning rate too small to change a prediction: every epoch ties with the first, which
+    # stays the best (a later epoch must beat it), so the last epoch is not the best one.
     base = sagemaker_layout(tmp_path, hyperparameters={
-        "backbone": '"VGG16"', "weights": '"none"', "image_size": "32", "epochs": "1",
-        "batch_size": "16", "validation_split": "0.25", "augment": '"none"'},
+        "backbone": '"VGG16"', "weights": '"none"', "image_size": "32", "epochs": "3",
+        "batch_size": "16", "validation_split": "0.25", "augment": '"none"',
+        "learning_rate": "1e-9", "export": '"none"'},
         channels={"training": {"tiny.npz": tiny_npz.read_bytes()}})
     env = clean_environ(SAGEMAKER_BASE_DIR=str(base), TRAINING_JOB_NAME="Digits-On-SageMaker",
                         LOG_FORMAT="json", EPOCHS="7", WORK_DIR=str(tmp_path / "work"))
+    model, state = base / "model", base / "checkpoints" / "state"
     result = run_entrypoint(env, "train")  # `docker run IMAGE train`
     assert result.returncode == 0, result.stderr
-    config = json.loads((base / "model" / "config.json").read_text())
+    config = json.loads((model / "config.json").read_text())
     assert config["settings"]["run_id"] == "digits-on-sagemaker"
-    assert config["settings"]["epochs"] == 1  # the hyperparameter beats the variable
+    assert config["settings"]["epochs"] == 3  # the hyperparameter beats the variable
     assert config["settings"]["dataset"] == str(base / "input" / "data" / "training" /
                                                 "tiny.npz")
-    manifest = json.loads((base / "model" / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and "best.h5" in manifest["artifacts"]
-    assert (base / "checkpoints" / "state" / "LATEST.json").is_file()
-    assert not (base / "model" / "state").exists()  # the state is SageMaker's to sync
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["best_epoch"] == 1
+    best_sha256 = manifest["artifacts"]["best.h5"]["sha256"]
+    assert (state / "LATEST.json").is_file()
+    assert not (model / "state").exists()  # the state is SageMaker's to sync
     assert any(r["message"].startswith("run finished") for r in json_lines(result.stdout))
+
+    def restart_with_an_empty_model_folder(after_epoch: int) -> dict:
+        shutil.rmtree(model)
+        model.mkdir()
+        restarted = run_entrypoint(env, "train")
+        assert restarted.returncode == 0, restarted.stderr
+        assert f"resuming after epoch {after_epoch}" in [
+            r["message"] for r in json_lines(restarted.stdout)]
+        shipped = json.loads((model / "manifest.json").read_text())
+        assert shipped["best_epoch"] == 1 and len(shipped["artifacts"]) > 5
+        assert shipped["artifacts"]["best.h5"]["sha256"] == best_sha256
+        assert read_model_metadata(model / "best.h5")["epoch"] == 1
+        return shipped
+
+    # Restarted in the finish phase (every epoch done, the manifest not yet written).
+    restart_with_an_empty_model_folder(after_epoch=3)
+    # Restarted after epoch 2: the pointer as it was before epoch 3's state was saved.
+    pointer = json.loads((state / "LATEST.json").read_text())
+    assert [entry["epoch"] for entry in pointer["states"]] == [3, 2]
+    (state / "LATEST.json").write_text(json.dumps({"states": pointer["states"][1:]}))
+    shipped = restart_with_an_empty_model_folder(after_epoch=2)
+    assert shipped["epochs_done"] == 3
 
     (base / "input" / "config" / "hyperparameters.json").write_text('{"epochs": "0"}')
     failed = run_entrypoint(env, "train", timeout=60)
