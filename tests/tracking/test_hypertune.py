@@ -39,3 +39,12 @@ def test_an_unwritable_metrics_file_is_one_warning(tmp_path: Path, warnings_logg
     tuned.report(0.6, 2)
     assert [r.getMessage()[:44] for r in warnings_logged] == [
         "the tuned metric val_accuracy could not be w"]
+
+
+def test_a_metrics_file_whose_folder_cannot_be_made_is_a_warning(
+        tmp_path: Path, warnings_logged: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", "output.metrics")  # no folder to make
+    assert TunedMetric.from_environ({"CLOUD_ML_JOB_ID": "42"}, "val_accuracy") is None
+    assert [r.getMessage()[:48] for r in warnings_logged] == [
+        "the tuned metric val_accuracy cannot be written "]

@@ -34,10 +34,17 @@ class TunedMetric:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], monitor: str) -> TunedMetric | None:
-        """The reporter on Vertex AI (CLOUD_ML_JOB_ID set), else None."""
+        """The reporter on Vertex AI (CLOUD_ML_JOB_ID set), else None (also, with a warning,
+        where the metrics file's folder cannot be made)."""
         if not environ.get(VERTEX_JOB_VARIABLE):
             return None
-        return cls(environ.get(TAG_VARIABLE) or monitor)
+        tag = environ.get(TAG_VARIABLE) or monitor
+        try:
+            return cls(tag)
+        except OSError as error:  # the library makes the file's folder at once
+            get_logger().warning(f"the tuned metric {tag} cannot be written for Vertex AI "
+                                 f"({error}); trials cannot be compared")
+            return None
 
     def report(self, value: float | None, epoch: int) -> None:
         """The best value so far after `epoch` (Vertex's global_step). A file that cannot be
