@@ -168,6 +168,9 @@ np.savez(base / "input/data/training/digits.npz", x_train=images,
 (base / "input/config/resourceconfig.json").write_text(json.dumps({
     "current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
 PY
+# The job's local store is model/'s parent, /opt/ml, which it checks by writing a probe file there:
+# the image's non-root user must own it (SageMaker's own ownership of /opt/ml is not known here).
+chown "$user:$user" "$optml"
 chown -R "$user:$user" "$optml/model" "$optml/output" "$optml/checkpoints"
 sagemaker() {  # sagemaker ARG...: the image run as SageMaker runs it, /opt/ml mounted
   bah run --isolation chroot --volume "$optml:/opt/ml" --env TRAINING_JOB_NAME=Container-Test-SM \
