@@ -28,28 +28,18 @@ RUN /opt/venv/bin/pip install --no-cache-dir "${TF_PACKAGE}" ".[export,tracking]
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="trainer" \
       org.opencontainers.image.description="Transfer-learning training job for keras.applications classifiers"
+# No training settings here: their defaults are the code's (`trainer train --help`), so that what a
+# platform gives (SageMaker's channels and hyperparameters, Vertex AI's AIP_MODEL_DIR) outranks
+# them. A relative ARTIFACT_URI (./runs) is under the WORKDIR, /home/trainer/runs.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     KERAS_HOME=/home/trainer/.keras \
     BAKED_KERAS_HOME=/opt/keras \
-    MPLCONFIGDIR=/tmp/matplotlib \
-    WORK_DIR=/tmp/trainer \
-    DATASET=cifar10 \
-    BACKBONE=ResNet50 \
-    POOLING=avg \
-    EPOCHS=10 \
-    BATCH_SIZE=64 \
-    WEIGHTS=imagenet \
-    LEARNING_RATE=1e-3 \
-    VALIDATION_SPLIT=0.1 \
-    MONITOR=val_accuracy \
-    SEED=0 \
-    ARTIFACT_URI=/runs \
-    LOG_LEVEL=INFO
+    MPLCONFIGDIR=/tmp/matplotlib
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/trainer --shell /bin/sh trainer \
-    && mkdir -p /runs /opt/keras /home/trainer/.keras \
-    && chown -R 10001:10001 /runs /opt/keras /home/trainer
+    && mkdir -p /home/trainer/runs /opt/keras /home/trainer/.keras \
+    && chown -R 10001:10001 /opt/keras /home/trainer
 USER 10001
 WORKDIR /home/trainer
 ENTRYPOINT ["python", "/app/entrypoint.py"]

@@ -45,7 +45,7 @@ docker-run:
 	mkdir -p "$(RUNS_DIR)" "$(KERAS_CACHE)"
 	$(DOCKER) run --rm --gpus all --shm-size=8g --user "$$(id -u):$$(id -g)" \
 		--env-file "$(ENV_FILE)" $(if $(RUN_ID),--env RUN_ID=$(RUN_ID)) \
-		--volume "$(RUNS_DIR):/runs" --volume "$(KERAS_CACHE):/home/trainer/.keras" \
+		--volume "$(RUNS_DIR):/home/trainer/runs" --volume "$(KERAS_CACHE):/home/trainer/.keras" \
 		$(IMAGE) $(ARGS)
 
 k8s-render:

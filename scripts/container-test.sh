@@ -142,5 +142,68 @@ history = json.loads(get("history.json"))
 print(f"container-test: best.h5, config.json, history.json, metrics.json, report.html, the "
       f"SavedModel, ONNX and LiteRT exports (parity ok) and manifest.json verified in s3://container-test/runs/container-test ({len(history)} epoch(s), best {manifest.get('best_value')})")
 PY
+
+# SageMaker as it starts a training job: `docker run IMAGE train` with /opt/ml laid out, the
+# hyperparameters and a `training` channel; no settings but the image's own environment. The job
+# must train on the channel and leave the run in model/; a bad hyperparameter and a mistyped flag
+# must each exit 2 with their line in output/failure (SageMaker's FailureReason).
+optml="$logs/opt-ml"
+mkdir -p "$optml/input/config" "$optml/input/data/training" "$optml/model" "$optml/output" \
+  "$optml/checkpoints"
+"$BIN/python" - "$optml" <<'PY'
+import json, sys, numpy as np
+from pathlib import Path
+from sklearn.datasets import load_digits
+base = Path(sys.argv[1])
+digits = load_digits()
+images = np.round(digits.images[:400] * (255 / 16)).astype(np.uint8)
+np.savez(base / "input/data/training/digits.npz", x_train=images,
+         y_train=digits.target[:400].astype(np.int64))
+(base / "input/config/hyperparameters.json").write_text(json.dumps({
+    "backbone": '"MobileNetV2"', "weights": '"none"', "image_size": "32", "epochs": "1",
+    "batch_size": "64", "export": '"none"', "sagemaker_region": '"eu-west-1"'}))
+(base / "input/config/inputdataconfig.json").write_text(json.dumps({"training": {
+    "TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
+    "RecordWrapperType": "None"}}))
+(base / "input/config/resourceconfig.json").write_text(json.dumps({
+    "current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
+PY
+# The job's local store is model/'s parent, /opt/ml, which it checks by writing a probe file there:
+# the image's non-root user must own it (SageMaker's own ownership of /opt/ml is not known here).
+chown "$user:$user" "$optml"
+chown -R "$user:$user" "$optml/model" "$optml/output" "$optml/checkpoints"
+sagemaker() {  # sagemaker ARG...: the image run as SageMaker runs it, /opt/ml mounted
+  bah run --isolation chroot --volume "$optml:/opt/ml" --env TRAINING_JOB_NAME=Container-Test-SM \
+    --env LOG_FORMAT=json "$container" -- python /app/entrypoint.py "$@"
+}
+say "training one epoch in the container in SageMaker's layout (docker run IMAGE train)"
+status=0
+sagemaker train >"$logs/sagemaker.log" 2>&1 || status=$?
+[[ "$status" == 0 ]] || { tail -n 20 "$logs/sagemaker.log"; say "FAILED: SageMaker's job exited $status"; exit 1; }
+"$BIN/python" - "$optml" <<'PY'
+import json, sys
+from pathlib import Path
+model = Path(sys.argv[1]) / "model"
+manifest = json.loads((model / "manifest.json").read_text())
+assert manifest["status"] == "finished" and "best.h5" in manifest["artifacts"], manifest
+settings = json.loads((model / "config.json").read_text())["settings"]
+assert settings["dataset"] == "/opt/ml/input/data/training/digits.npz", settings["dataset"]
+assert (settings["run_id"], settings["backbone"]) == ("container-test-sm", "MobileNetV2"), settings
+assert (Path(sys.argv[1]) / "checkpoints" / "state" / "LATEST.json").is_file()
+assert not (Path(sys.argv[1]) / "output" / "failure").exists()
+print("container-test: SageMaker's job trained on its training channel; the run in model/, the "
+      "resume state in checkpoints/")
+PY
+echo '{"epochs": "0"}' >"$optml/input/config/hyperparameters.json"
+for args in "train" "train --epoch 3"; do
+  status=0
+  # shellcheck disable=SC2086  # the words of $args are the arguments
+  sagemaker $args >"$logs/sagemaker-failure.log" 2>&1 || status=$?
+  line=$(cat "$optml/output/failure" 2>/dev/null || true)
+  [[ "$status" == 2 && -n "$line" ]] || { tail -n 5 "$logs/sagemaker-failure.log"; \
+    say "FAILED: '$args' with epochs 0 exited $status, output/failure: '$line'"; exit 1; }
+  say "'$args' exited 2; output/failure: $line"
+  rm -f "$optml/output/failure"
+done
 say "passed: base $((based - started)) s, build $((built - based)) s, run $((ran - built)) s, \
-total $(($(date +%s) - started)) s"
+SageMaker $(($(date +%s) - ran)) s, total $(($(date +%s) - started)) s"

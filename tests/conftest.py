@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +54,45 @@ def clean_environ(*layers: dict[str, str], **extra: str) -> dict[str, str]:
     for layer in (*layers, extra):
         env.update(layer)
     return env
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """The Dockerfile's (INSTRUCTION, arguments) in order, continuation lines joined, comments
+    dropped."""
+    result, pending = [], ""
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.lstrip().startswith("#") or not (line.strip() or pending):
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        keyword, _, rest = pending.strip().partition(" ")
+        result.append((keyword.upper(), rest.strip()))
+        pending = ""
+    return result
+
+
+def image_env() -> dict[str, str]:
+    """The ENV of the Dockerfile's final stage, as written (`$PATH` unexpanded)."""
+    import shlex
+
+    steps = dockerfile_instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    env: dict[str, str] = {}
+    for keyword, rest in steps[last_from:]:
+        if keyword == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(rest))
+    return env
+
+
+def image_environ(**extra: str) -> dict[str, str]:
+    """An environment as the image gives it, for the entrypoint run here: clean_environ() with
+    the Dockerfile's ENV over it (its PATH expanded, its KERAS_HOME the tests' cache), then
+    `extra`."""
+    base = clean_environ()
+    env = {k: v.replace("$PATH", base.get("PATH", "")) for k, v in image_env().items()}
+    return {**base, **env, "KERAS_HOME": base["KERAS_HOME"], **extra}
 
 
 def run_entrypoint(env: dict[str, str], *args: str, timeout: float = 600,
@@ -222,6 +262,43 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert result.returncode == 0, result.stderr
     return {"root": root, "run": root / "tiny", "env": env, "result": result, "npz": npz,
             "history": json.loads((root / "tiny" / "history.json").read_text())}
+
+
+# --- SageMaker: its training layout in a folder ---
+
+def sagemaker_layout(tmp_path: Path, hyperparameters: dict | None = None,
+                     hosts: tuple = ("algo-1",), current: str = "algo-1",
+                     channels: dict | None = None, checkpoints: bool = True,
+                     modes: dict | None = None) -> Path:
+    """A fake /opt/ml as SageMaker lays it out for a training container: `channels` maps each
+    channel to its files (relative path -> bytes, or a folder to copy)."""
+    base = tmp_path / "opt-ml"
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters or {}))
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": current, "hosts": list(hosts), "network_interface_name": "eth0"}))
+    channels = {"training": {"digits.npz": b"npz"}} if channels is None else channels
+    # As SageMaker writes it; `modes` overrides a channel's fields.
+    (config / "inputdataconfig.json").write_text(json.dumps({
+        name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
+               "RecordWrapperType": "None", **(modes or {}).get(name, {})}
+        for name in channels}))
+    for name, files in channels.items():
+        folder = base / "input" / "data" / name
+        if isinstance(files, Path):
+            shutil.copytree(files, folder)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        for relative, data in files.items():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_bytes(data)
+    (base / "model").mkdir()
+    (base / "output").mkdir()
+    if checkpoints:
+        (base / "checkpoints").mkdir()
+    return base
+
 
 
 # --- S3: real servers on loopback (rclone serve s3 checks credentials; moto has wide S3) ---

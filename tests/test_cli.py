@@ -127,3 +127,41 @@ def test_predict_names_the_right_class_with_every_kind_of_model(finished_run: di
         assert [line.split(": ", 1)[0] for line in lines] == paths
         top = [line.split(": ", 1)[1].split()[0] for line in lines]
         assert top == [str(label) for label in val.labels[:8]], (model, top)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["train", "--epoch", "3"], "trainer train: No such option '--epoch'"),
+    (["train", "--epochs"], "trainer train: Option '--epochs' requires an argument"),
+    (["trian"], "trainer: No such command 'trian'"),
+    (["fetch"], "trainer fetch: Missing argument 'RUN_ID'"),
+])
+def test_a_usage_error_is_exit_2_with_its_line_where_the_platform_shows_it(
+        args: list[str], named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Click's own errors too: SageMaker's FailureReason (output/failure) and Kubernetes'
+    termination log get the one line, as for every other non-zero exit."""
+    from conftest import sagemaker_layout
+
+    from trainer.cli import main
+    from trainer.cluster import platforms
+
+    base = sagemaker_layout(tmp_path)
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setattr(platforms, "TERMINATION_LOG", str(termination_log))
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(base))
+    assert main(args) == 2
+    line = (base / "output" / "failure").read_text()
+    assert line.startswith(named) and line.endswith(" -h\n") and line.count("\n") == 1
+    assert termination_log.read_text() == line
+
+
+@pytest.mark.parametrize("flag, variable", [("--learning_rate=0", "LEARNING_RATE"),
+                                            ("--BATCH_SIZE=0", "BATCH_SIZE"),
+                                            ("--fine_tune_epochs=-1", "FINE_TUNE_EPOCHS")])
+def test_vertex_ais_underscore_flags_are_the_settings_flags(
+        flag: str, variable: str, capsys: pytest.CaptureFixture) -> None:
+    """Vertex AI passes tuned hyperparameters as `--learning_rate=0.01`: the value reaches the
+    setting (here an invalid one, so that its own check answers before any training)."""
+    from trainer.cli import main
+
+    assert main(["train", flag]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {variable}='")

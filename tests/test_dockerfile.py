@@ -4,13 +4,13 @@
 
 `hadolint Dockerfile` must pass with no exceptions (there is no .hadolint.yaml). The rest are this
 module's own checks: a numeric non-root USER, an exec-form ENTRYPOINT that runs the venv's python
-on /app/entrypoint.py, the build arguments (base, TensorFlow package, baked weights), and the
-contract's defaults as ENV, read back through trainer.settings (which imports no TensorFlow).
+on /app/entrypoint.py, the build arguments (base, TensorFlow package, baked weights), and no
+setting as ENV: the image's environment read back through trainer.settings (which imports no
+TensorFlow) gives the code's defaults, and the platforms' inputs outrank them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shlex
 import shutil
@@ -18,30 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import missing_tool
+import pytest
+from conftest import dockerfile_instructions as instructions
+from conftest import image_env, missing_tool
 
+from trainer.errors import ConfigError
 from trainer.settings import OPTIONS, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
-CONTRACT_DEFAULTS = ("DATASET", "BACKBONE", "POOLING", "EPOCHS", "BATCH_SIZE", "WEIGHTS",
-                     "LEARNING_RATE", "VALIDATION_SPLIT", "MONITOR", "SEED", "ARTIFACT_URI",
-                     "LOG_LEVEL")
-
-
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
-    result, pending = [], ""
-    for line in (REPO / "Dockerfile").read_text().splitlines():
-        if line.lstrip().startswith("#") or not (line.strip() or pending):
-            continue
-        pending += line.rstrip()
-        if pending.endswith("\\"):
-            pending = pending[:-1] + " "
-            continue
-        keyword, _, rest = pending.strip().partition(" ")
-        result.append((keyword.upper(), rest.strip()))
-        pending = ""
-    return result
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -57,14 +41,6 @@ def arguments() -> dict[str, str]:
             name, _, default = rest.partition("=")
             found[name] = shlex.split(default)[0] if default.strip() else ""
     return found
-
-
-def image_env() -> dict[str, str]:
-    env = {}
-    for keyword, rest in final_stage():
-        if keyword == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(rest))
-    return env
 
 
 def test_hadolint_passes() -> None:
@@ -107,18 +83,44 @@ def test_base_tensorflow_and_baked_weights_are_build_arguments() -> None:
     assert '"${TF_PACKAGE}" ".[export,tracking]"' in runs and "$BAKE_WEIGHTS" in runs
 
 
-def test_the_contracts_defaults_are_the_images_environment() -> None:
+def test_the_image_sets_no_setting_so_the_platforms_inputs_outrank_its_defaults(
+        tmp_path: Path) -> None:
+    """Issue 23 item 1: the settings resolved from the image's own ENV (parsed from the
+    Dockerfile) are the code's defaults, and SageMaker's channels and Vertex AI's folders
+    outrank them."""
     env = image_env()
-    assert set(CONTRACT_DEFAULTS) <= set(env)
+    variables = {option.variable for option in OPTIONS}
+    assert not set(env) & variables, "the image sets settings as ENV"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["KERAS_HOME"].startswith("/home/") and env["BAKED_KERAS_HOME"] != env["KERAS_HOME"]
-    # Read by the real settings loader, the image's environment is the embedded defaults, but
-    # for the artifact folder, which is a fixed path in the image.
-    variables = {option.variable for option in OPTIONS}
-    settings = load_settings({k: v for k, v in env.items() if k in variables} | {"RUN_ID": "x"})
-    defaults = load_settings({"RUN_ID": "x"})
-    assert settings == dataclasses.replace(defaults, artifact_uri=env["ARTIFACT_URI"])
-    assert env["ARTIFACT_URI"].startswith("/")
+    assert load_settings({**env, "RUN_ID": "x"}) == load_settings({"RUN_ID": "x"})
+
+    # SageMaker: the README's job (a `training` channel, hyperparameters) in the image.
+    base = tmp_path / "opt-ml"
+    (base / "input" / "config").mkdir(parents=True)
+    (base / "input" / "config" / "hyperparameters.json").write_text(
+        json.dumps({"backbone": "VGG16", "epochs": "2"}))
+    (base / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(
+        {name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
+                "RecordWrapperType": "None"} for name in ("training", "weights")}))
+    (base / "input" / "data" / "training").mkdir(parents=True)
+    (base / "input" / "data" / "training" / "flowers.npz").write_bytes(b"npz")
+    (base / "input" / "data" / "weights").mkdir()
+    (base / "input" / "data" / "weights" / "vgg16_notop.h5").write_bytes(b"h5")
+    settings = load_settings({**env, "SAGEMAKER_BASE_DIR": str(base),
+                              "TRAINING_JOB_NAME": "flowers-1"})
+    assert settings.dataset == str(base / "input" / "data" / "training" / "flowers.npz")
+    assert settings.weights == str(base / "input" / "data" / "weights" / "vgg16_notop.h5")
+    assert (settings.backbone, settings.epochs, settings.run_id) == ("VGG16", 2, "flowers-1")
+    assert settings.run_dir == str(base / "model")
+
+    # Vertex AI: its model folder is the run; without it (nor ARTIFACT_URI) the image refuses
+    # to keep the run on the container's disk.
+    vertex = {**env, "CLOUD_ML_JOB_ID": "42", "DATASET": "digits"}
+    assert load_settings({**vertex, "AIP_MODEL_DIR": "gs://b/m/"}).run_dir == "/gcs/b/m"
+    with pytest.raises(ConfigError, match="without AIP_MODEL_DIR") as refused:
+        load_settings(vertex)
+    assert refused.value.exit_code == 2
 
 
 def test_the_build_context_holds_only_what_the_image_needs() -> None:

@@ -21,7 +21,7 @@ skipped):
 - the restricted Pod Security Standard: runAsNonRoot with the image's numeric user, seccomp
   RuntimeDefault, no privilege escalation, ALL capabilities dropped and none added, no host
   namespaces, ports or privileged mode, only the volume types it allows; plus a read-only root
-  filesystem with emptyDirs where the job writes (/tmp, KERAS_HOME, /runs);
+  filesystem with emptyDirs where the job writes (/tmp, KERAS_HOME, ./runs);
 - GPUs and resources: an `nvidia.com/gpu` limit, the GPU taint's toleration, cpu and memory
   requests and limits;
 - credentials: no Secret object and no secret-looking variable with a literal value; the
@@ -41,7 +41,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -51,7 +51,9 @@ from k8s_controllers import job_spec_errors, trainer_jobset
 
 # No TensorFlow in these.
 from trainer.cluster.specs import resolve_cluster, tf_config_from_indexed_job
-from trainer.settings import load_settings
+from trainer.settings import OPTIONS, default_of, load_settings
+
+OPTIONS_BY_VARIABLE = {option.variable: option for option in OPTIONS}
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -93,6 +95,10 @@ def dockerfile_env(name: str) -> str:
     match = re.search(rf"\b{name}=(\S+)", (REPO / "Dockerfile").read_text())
     assert match, name
     return match.group(1)
+
+
+def dockerfile_workdir() -> str:
+    return re.findall(r"^WORKDIR (\S+)$", (REPO / "Dockerfile").read_text(), re.MULTILINE)[-1]
 
 
 def dockerfile_user() -> int:
@@ -377,8 +383,11 @@ def test_writable_folders_are_empty_dirs(overlay: str) -> None:
     work = workload(render(overlay))
     volumes = {v["name"]: v for v in work.pod["volumes"]}
     mounts = {m["mountPath"]: volumes.get(m["name"], {}) for m in work.container["volumeMounts"]}
-    writable = ["/tmp", dockerfile_env("KERAS_HOME"), dockerfile_env("ARTIFACT_URI")]
-    assert dockerfile_env("WORK_DIR").startswith("/tmp/")
+    # The default ARTIFACT_URI (./runs) under the image's WORKDIR; WORK_DIR's default in /tmp.
+    artifact_uri = default_of(OPTIONS_BY_VARIABLE["ARTIFACT_URI"])
+    runs = str(PurePosixPath(dockerfile_workdir()) / artifact_uri)
+    writable = ["/tmp", dockerfile_env("KERAS_HOME"), runs]
+    assert default_of(OPTIONS_BY_VARIABLE["WORK_DIR"]).startswith("/tmp/")
     assert dockerfile_env("MPLCONFIGDIR").startswith("/tmp/")
     for path in writable:
         assert "emptyDir" in mounts[path], path

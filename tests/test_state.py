@@ -152,3 +152,26 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     assert other.returncode == 2, other.stderr
     assert "RUN_ID=resumable has saved state made with other settings (image_size 32 -> 40)" in (
         other.stderr)
+
+
+def test_the_states_copy_of_best_h5_comes_back_only_if_it_is_the_recorded_one(
+        tmp_path: Path) -> None:
+    """Where the state lives apart from the run (SageMaker's checkpoints/): the copy that
+    keep_best leaves there is what restore_best brings back, checked by its sha256."""
+    from trainer.state import BEST_IN_STATE, keep_best, restore_best
+    from trainer.store.files import sha256_of
+
+    state_store, run_store = LocalStore(str(tmp_path / "ckpt")), LocalStore(str(tmp_path / "m"))
+    state_files = RunArtifacts(state_store, "", state_store.root)
+    artifacts = RunArtifacts(run_store, "run", run_store.local_run_dir("run"))
+    best = artifacts.path("best.h5")
+    best.write_bytes(b"epoch 1")
+    digest = sha256_of(best)
+    keep_best(state_files, best)
+    assert (tmp_path / "ckpt" / BEST_IN_STATE).read_bytes() == b"epoch 1"
+    best.unlink()  # the restart's empty /opt/ml/model
+    assert restore_best(state_files, artifacts, digest)
+    assert best.read_bytes() == b"epoch 1" and "best.h5" in artifacts.published
+    best.unlink()
+    assert not restore_best(state_files, artifacts, "0" * 64)  # another epoch's model
+    assert not best.exists()

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
-from trainer.cluster.platforms import failure_file
+from trainer.cluster.platforms import record_failure
 from trainer.data.load import fetch_dataset, remote_dataset
 from trainer.data.shards import default_cache_bytes
 from trainer.data.tfrecords import Remote
@@ -39,9 +39,14 @@ from trainer.settings import OPTIONS, check_run_id, default_of, load_settings, s
 from trainer.store.stores import Store, open_store
 from trainer.sweep import check_name, run_sweep, sweep_environ
 
-TERMINATION_LOG = "/dev/termination-log"
 OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _flag_spelling(token: str) -> str:
+    """`--learning_rate` as `--learning-rate`: Vertex AI passes tuned hyperparameters as
+    `--name=value`, and Google's samples name them with underscores."""
+    return token.replace("_", "-").lower()
 
 
 def _settings_options(command: F) -> F:
@@ -89,7 +94,7 @@ def cli() -> None:
     """Train keras.applications image classifiers, and fetch and use what they learned."""
 
 
-@cli.command()
+@cli.command(context_settings={"token_normalize_func": _flag_spelling})
 @_settings_options
 def train(**flags: str | None) -> None:
     """Run the training job (the container runs the same with `python entrypoint.py`)."""
@@ -189,7 +194,7 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
 @click.option("--to", "destination", type=click.Path(file_okay=False), default=None,
               help="Folder for the exports.  [default: export/ beside MODEL.h5, or RUN_ID/export]")
 @_store_options
-def export_command(model: str, formats: str, destination: str | None, **options: Any) -> int:
+def export_command(model: str, formats: str, destination: str | None, **options: Any) -> None:
     """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
     differs)."""
     from trainer.serving.export import export_model  # TensorFlow
@@ -215,7 +220,10 @@ def export_command(model: str, formats: str, destination: str | None, **options:
                   or f.startswith("onnx/")]
         click.echo(f"{kind:<11} {result['status']:<7} max abs difference {shown:<8} "
                    + (result.get("error") or " ".join(places)))
-    return 0 if all(r["status"] == "ok" for r in results.values()) else INTERNAL_ERROR
+    failed = [kind for kind, result in results.items() if result["status"] != "ok"]
+    if failed:
+        raise TrainerError(f"the {', '.join(failed)} export(s) of {model} failed their check "
+                           "(above); see the error beside each, or export the other formats")
 
 
 @cli.command()
@@ -269,19 +277,25 @@ def entry(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return the contract's exit code; the caller exits with it."""
+    """Run the CLI; return the contract's exit code (the caller exits with it). Every non-zero
+    exit leaves its one line where the platform shows it (`_record`)."""
     debug = os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, prog_name="trainer",
-                          standalone_mode=False)
+        result = cli.main(args=args, prog_name="trainer", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except click.exceptions.Exit as stop:
+        if stop.exit_code:
+            _record(f"trainer exited {stop.exit_code}")
         return stop.exit_code
     except click.ClickException as error:
-        error.show()
-        return 2
+        error.show()  # the usage and click's own message; then one line naming the command
+        context = getattr(error, "ctx", None)  # None for some of the parser's errors
+        command = context.command_path if context is not None else " ".join(
+            ["trainer", *[name for name in args[:1] if name in cli.commands]])
+        return _record(f"{command}: {error.format_message().rstrip('.')}; see {command} -h", 2)
     except (click.Abort, KeyboardInterrupt):
-        return 130
+        return _record("interrupted (SIGINT); run the same command again to resume", 130)
     except TrainerError as error:
         return _fail(str(error), error.exit_code, debug)
     except Exception as error:  # noqa: BLE001 - every bug becomes exit 1 with one line
@@ -291,19 +305,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int, debug: bool) -> int:
-    line = redact(" ".join(message.split()))
     if debug:
         traceback.print_exc()
+    line = redact(" ".join(message.split()))
     logger = logging.getLogger("trainer")
     if logger.handlers:  # the JSON log line for log tools; stderr gets the plain line below
         logger.error(line, extra={"exit_code": code})
     print(f"error: {line}", file=sys.stderr, flush=True)
-    # Where the platform shows it: Kubernetes' `kubectl describe pod`, SageMaker's FailureReason.
-    for path in (TERMINATION_LOG, failure_file(os.environ)):
-        try:
-            if path:
-                with open(path, "w") as f:
-                    f.write(line + "\n")
-        except OSError:
-            pass
+    return _record(line, code)
+
+
+def _record(message: str, code: int = INTERNAL_ERROR) -> int:
+    record_failure(redact(" ".join(message.split())), os.environ)
     return code

@@ -42,6 +42,8 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
     log.info("starting run", extra={"run_id": settings.run_id, "artifact_uri": store.uri})
     # The platform's environment: on SageMaker, TF_CONFIG comes from its resourceconfig.json.
     platform = resolve_platform(os.environ if environ is None else environ)
+    for note in platform.notes:
+        log.info(note, extra={"run_id": settings.run_id})
     cluster, _ = resolve_cluster(platform.environ)
     if cluster.is_chief:
         clear_failure(store, settings.run_key)

@@ -29,7 +29,7 @@ from trainer.logs import get_logger
 from trainer.reports.plots import save_curves, save_samples
 from trainer.reports.run_page import build_report
 from trainer.settings import Settings
-from trainer.state import LoopState, save_state
+from trainer.state import LoopState, keep_best, restore_best, save_state
 from trainer.store.artifacts import EVALUATION_FILES, HistoryRow, RunArtifacts
 from trainer.store.files import sha256_of, write_atomic
 from trainer.tracking.mlflow_run import Tracker
@@ -105,15 +105,18 @@ class ChiefOutputs:
     def resumed(self, state: LoopState, model: keras.Model) -> LoopState:
         """After a restart: history from the state, and best.h5 again if the restored model is
         the best one (the previous attempt may have stopped between the state and best.h5),
-        else the stored best.h5 if it is the one the state recorded. If it is not (damaged, or
-        gone), the best epoch is chosen afresh from the epochs to come."""
+        else the stored best.h5 if it is the one the state recorded, else the state's copy of
+        it. If it is not (damaged, or gone), the best epoch is chosen afresh from the epochs to
+        come."""
         if not state.history:
             return state
         self.artifacts.write_history(state.history)
         self._adopt_earlier_files()
         if state.holds_the_best_weights:
             self._save_best(model, state)
-        elif self.artifacts.adopt("best.h5", state.best_sha256):
+        elif self.artifacts.adopt("best.h5", state.best_sha256) or (
+                self.state_files is not self.artifacts
+                and restore_best(self.state_files, self.artifacts, state.best_sha256)):
             self.best_sha256 = state.best_sha256
         else:
             get_logger().warning(
@@ -237,6 +240,8 @@ class ChiefOutputs:
     def _save_best(self, model: keras.Model, state: LoopState) -> None:
         self.artifacts.save_model(model, "best.h5", {**self.metadata, "epoch": state.best_epoch})
         self.best_sha256 = sha256_of(self.artifacts.path("best.h5"))
+        if self.state_files is not self.artifacts:  # the state alone survives a spot restart
+            keep_best(self.state_files, self.artifacts.path("best.h5"))
         get_logger().info("saved best.h5", extra={"run_id": self.settings.run_id,
                                                   "epoch": state.best_epoch,
                                                   self.settings.monitor: state.best_value})

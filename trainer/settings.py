@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.cluster.platforms import resolve_platform
+from trainer.cluster.platforms import check_inputs, resolve_platform
 from trainer.errors import ConfigError
 from trainer.models.backbones import MIN_IMAGE_SIZE
 from trainer.options import OPTIONS, Option, check_run_id
@@ -136,7 +136,8 @@ def load_settings(
 ) -> Settings:
     """Resolve every option (flag, then variable, then default) and validate them together.
     On SageMaker and Vertex AI the platform's layout comes first (trainer.cluster.platforms): its
-    hyperparameters rank between the flags and the variables."""
+    hyperparameters rank between the flags and the variables, its channels and folders above the
+    defaults, and what it gives must be used (check_inputs)."""
     flags = flags or {}
     platform = resolve_platform(environ)
     environ = platform.environ
@@ -148,6 +149,7 @@ def load_settings(
         if text is None or (text == "" and option.field != "run_id"):
             continue
         values[option.field] = option.parse(option.variable, text)
+    check_inputs(platform, values)
     settings = Settings(**values, run_dir=platform.run_dir, state_dir=platform.state_dir,
                         tensorboard_dir=platform.tensorboard_dir)
     _check_image_size(settings)

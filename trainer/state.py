@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 POINTER = "state/LATEST.json"
 KEEP_STATES = 2
+# best.h5 as the resume state carries it where a platform keeps the state apart from the run.
+BEST_IN_STATE = "state/best.h5"
 
 
 class Totals(NamedTuple):
@@ -216,6 +218,26 @@ def _fetch_verified(store: Store, run_id: str, local_dir: Path,
         if sha256_of(target) != digest:
             return f"{file} does not match its sha256"
     return None
+
+
+def keep_best(state_files: RunArtifacts, best: Path) -> None:
+    """A copy of best.h5 with the resume state, where a platform keeps the state apart from the
+    run (SageMaker's checkpoints/, Vertex AI's AIP_CHECKPOINT_DIR): after a spot restart only
+    the state is back, and the best epoch's model must still be the one shipped."""
+    state_files.store.put_file(state_files.key(BEST_IN_STATE), best)
+
+
+def restore_best(state_files: RunArtifacts, artifacts: RunArtifacts, sha256: str | None) -> bool:
+    """best.h5 again from the state's copy, if it is the one the state recorded (any, for a
+    state saved before digests were kept), published with the run; False if it is not."""
+    target = artifacts.path("best.h5")
+    if not state_files.store.get_file(state_files.key(BEST_IN_STATE), target):
+        return False
+    if sha256 is not None and sha256_of(target) != sha256:
+        target.unlink(missing_ok=True)
+        return False
+    artifacts.publish("best.h5")
+    return True
 
 
 def fingerprint_of(settings: Settings, image_size: int, classes: int,

@@ -61,6 +61,7 @@ from trainer.settings import Settings
 from trainer.state import LoopState, fingerprint_of, restore_state
 from trainer.store.artifacts import HistoryRow, run_files, state_place
 from trainer.store.stores import Store
+from trainer.tracking.hypertune import TunedMetric
 from trainer.tracking.mlflow_run import Tracker, image_tag
 from trainer.tracking.progress import Plan, TrainerStatusReporter
 from trainer.tracking.run_progress import RunProgress
@@ -82,6 +83,7 @@ class Run:
     outputs: Outputs
     stop: StopRequest  # set by SIGTERM
     progress: RunProgress
+    tuned: TunedMetric | None  # Vertex AI's tuned metric, reported by the chief
 
 
 def train(settings: Settings, store: Store, dataset: Dataset, weights: str | None,
@@ -149,8 +151,9 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     reporter = TrainerStatusReporter.from_environ(environ) if cluster.is_chief else None
     plan = Plan(settings.total_epochs, steps, evaluation_steps(cached.val, global_batch, workers))
     progress = RunProgress(plan, reporter, settings.run_id)
+    tuned = TunedMetric.from_environ(environ, settings.monitor) if cluster.is_chief else None
     run = Run(settings, cluster, loop, checkpoint, cached, image_size, preprocess, steps,
-              outputs, stop, progress)
+              outputs, stop, progress, tuned)
 
     # 7. Resume from the newest intact saved state, if any.
     state_store, state_key, state_dir = state_place(settings, store)
@@ -182,6 +185,8 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
         log.info("worker finished; the chief writes the artifacts",
                  extra={"run_id": settings.run_id, **digest})
         return
+    if tuned is not None:  # also after a restart that had no epoch left to train
+        tuned.report(state.best_value, len(state.history))
     log.info(f"run finished: best {settings.monitor}={state.best_value:.4f} at epoch "
              f"{state.best_epoch}; model at {where} in {store.uri}; load it with "
              f"keras.models.load_model(path) or `trainer predict {settings.run_id} IMAGE`",
@@ -241,6 +246,8 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
             "run_id": settings.run_id, **row, "best_epoch": state.best_epoch,
             **run.progress.epoch_done(row), **stream_stats()})
         run.outputs.epoch_done(state, improved, loop.model, run.checkpoint)
+        if run.tuned is not None:
+            run.tuned.report(state.best_value, epoch)
         if epoch < settings.total_epochs and stop_requested():
             raise _save_and_stop(run, state, f"the end of epoch {epoch}", saved=True)
     return state

@@ -9,12 +9,13 @@ job reads it.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, sagemaker_layout
 
 from trainer.cluster.platforms import failure_file, fuse_path, resolve_platform
 from trainer.cluster.specs import resolve_cluster
@@ -22,34 +23,9 @@ from trainer.errors import ConfigError
 from trainer.settings import load_settings
 
 
-def sagemaker(tmp_path: Path, hyperparameters: dict | None = None, hosts: tuple = ("algo-1",),
-              current: str = "algo-1", channels: dict | None = None,
-              checkpoints: bool = True) -> Path:
-    """A fake /opt/ml as SageMaker lays it out for a training container."""
-    base = tmp_path / "opt-ml"
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters or {}))
-    (config / "resourceconfig.json").write_text(json.dumps(
-        {"current_host": current, "hosts": list(hosts), "network_interface_name": "eth0"}))
-    channels = {"training": {"digits.npz": b"npz"}} if channels is None else channels
-    (config / "inputdataconfig.json").write_text(json.dumps(
-        {name: {"TrainingInputMode": "File"} for name in channels}))
-    for name, files in channels.items():
-        for relative, data in files.items():
-            path = base / "input" / "data" / name / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-    (base / "model").mkdir()
-    (base / "output").mkdir()
-    if checkpoints:
-        (base / "checkpoints").mkdir()
-    return base
-
-
 def test_sagemaker_hyperparameters_channels_and_folders(tmp_path: Path) -> None:
     # As SageMaker's Python SDK writes them: strings JSON-encoded, keys as the user gave them.
-    base = sagemaker(tmp_path, hyperparameters={
+    base = sagemaker_layout(tmp_path, hyperparameters={
         "epochs": "3", "BATCH_SIZE": "8", "backbone": '"VGG16"', "learning-rate": "1e-4",
         "image_size": 32, "sagemaker_program": '"train.py"', "sagemaker_region": '"eu-west-1"',
         "_tuning_objective_metric": "val_accuracy"},
@@ -77,7 +53,7 @@ def test_sagemaker_hyperparameters_channels_and_folders(tmp_path: Path) -> None:
 
 
 def test_sagemaker_defaults_give_way_to_what_the_user_set(tmp_path: Path) -> None:
-    base = sagemaker(tmp_path, hyperparameters={"dataset": '"s3://bucket/data.npz"'},
+    base = sagemaker_layout(tmp_path, hyperparameters={"dataset": '"s3://bucket/data.npz"'},
                      channels={"images": {"cats/1.png": b"", "dogs/1.png": b""}},
                      checkpoints=False)
     environ = {"SAGEMAKER_BASE_DIR": str(base), "TRAINING_JOB_NAME": "job", "RUN_ID": "mine"}
@@ -91,7 +67,7 @@ def test_sagemaker_defaults_give_way_to_what_the_user_set(tmp_path: Path) -> Non
 
 
 def test_sagemaker_hosts_become_a_multi_worker_cluster(tmp_path: Path) -> None:
-    base = sagemaker(tmp_path, hosts=("algo-2", "algo-1", "algo-3"), current="algo-2")
+    base = sagemaker_layout(tmp_path, hosts=("algo-2", "algo-1", "algo-3"), current="algo-2")
     platform = resolve_platform({"SAGEMAKER_BASE_DIR": str(base)})
     cluster, config = resolve_cluster(platform.environ)
     assert cluster.workers == ("algo-1:2222", "algo-2:2222", "algo-3:2222")
@@ -106,7 +82,7 @@ def test_sagemaker_hosts_become_a_multi_worker_cluster(tmp_path: Path) -> None:
 
 
 def test_bad_hyperparameters_are_config_errors(tmp_path: Path) -> None:
-    base = sagemaker(tmp_path, hyperparameters={"epochs": "three"})
+    base = sagemaker_layout(tmp_path, hyperparameters={"epochs": "three"})
     environ = {"SAGEMAKER_BASE_DIR": str(base)}
     with pytest.raises(ConfigError, match="EPOCHS='three' is invalid") as raised:
         load_settings(resolve_platform(environ).environ)
@@ -185,26 +161,57 @@ def test_the_entrypoint_takes_sagemakers_train_argument() -> None:
 
 def test_sagemaker_runs_the_image_with_train_and_its_layout(tiny_npz: Path,
                                                              tmp_path: Path) -> None:
+    """`docker run IMAGE train` in SageMaker's layout; then managed spot training's restarts,
+    which bring back /opt/ml/checkpoints alone: the shipped model stays the best epoch's."""
     from conftest import clean_environ, json_lines, run_entrypoint
 
-    base = sagemaker(tmp_path, hyperparameters={
-        "backbone": '"VGG16"', "weights": '"none"', "image_size": "32", "epochs": "1",
-        "batch_size": "16", "validation_split": "0.25", "augment": '"none"'},
+    from trainer.store.artifacts import read_model_metadata
+
+    # A learning rate too small to change a prediction: every epoch ties with the first, which
+    # stays the best (a later epoch must beat it), so the last epoch is not the best one.
+    base = sagemaker_layout(tmp_path, hyperparameters={
+        "backbone": '"VGG16"', "weights": '"none"', "image_size": "32", "epochs": "3",
+        "batch_size": "16", "validation_split": "0.25", "augment": '"none"',
+        "learning_rate": "1e-9", "export": '"none"'},
         channels={"training": {"tiny.npz": tiny_npz.read_bytes()}})
     env = clean_environ(SAGEMAKER_BASE_DIR=str(base), TRAINING_JOB_NAME="Digits-On-SageMaker",
                         LOG_FORMAT="json", EPOCHS="7", WORK_DIR=str(tmp_path / "work"))
+    model, state = base / "model", base / "checkpoints" / "state"
     result = run_entrypoint(env, "train")  # `docker run IMAGE train`
     assert result.returncode == 0, result.stderr
-    config = json.loads((base / "model" / "config.json").read_text())
+    config = json.loads((model / "config.json").read_text())
     assert config["settings"]["run_id"] == "digits-on-sagemaker"
-    assert config["settings"]["epochs"] == 1  # the hyperparameter beats the variable
+    assert config["settings"]["epochs"] == 3  # the hyperparameter beats the variable
     assert config["settings"]["dataset"] == str(base / "input" / "data" / "training" /
                                                 "tiny.npz")
-    manifest = json.loads((base / "model" / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and "best.h5" in manifest["artifacts"]
-    assert (base / "checkpoints" / "state" / "LATEST.json").is_file()
-    assert not (base / "model" / "state").exists()  # the state is SageMaker's to sync
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["best_epoch"] == 1
+    best_sha256 = manifest["artifacts"]["best.h5"]["sha256"]
+    assert (state / "LATEST.json").is_file()
+    assert not (model / "state").exists()  # the state is SageMaker's to sync
     assert any(r["message"].startswith("run finished") for r in json_lines(result.stdout))
+
+    def restart_with_an_empty_model_folder(after_epoch: int) -> dict:
+        shutil.rmtree(model)
+        model.mkdir()
+        restarted = run_entrypoint(env, "train")
+        assert restarted.returncode == 0, restarted.stderr
+        assert f"resuming after epoch {after_epoch}" in [
+            r["message"] for r in json_lines(restarted.stdout)]
+        shipped = json.loads((model / "manifest.json").read_text())
+        assert shipped["best_epoch"] == 1 and len(shipped["artifacts"]) > 5
+        assert shipped["artifacts"]["best.h5"]["sha256"] == best_sha256
+        assert read_model_metadata(model / "best.h5")["epoch"] == 1
+        return shipped
+
+    # Restarted in the finish phase (every epoch done, the manifest not yet written).
+    restart_with_an_empty_model_folder(after_epoch=3)
+    # Restarted after epoch 2: the pointer as it was before epoch 3's state was saved.
+    pointer = json.loads((state / "LATEST.json").read_text())
+    assert [entry["epoch"] for entry in pointer["states"]] == [3, 2]
+    (state / "LATEST.json").write_text(json.dumps({"states": pointer["states"][1:]}))
+    shipped = restart_with_an_empty_model_folder(after_epoch=2)
+    assert shipped["epochs_done"] == 3
 
     (base / "input" / "config" / "hyperparameters.json").write_text('{"epochs": "0"}')
     failed = run_entrypoint(env, "train", timeout=60)
@@ -216,23 +223,39 @@ def test_sagemaker_runs_the_image_with_train_and_its_layout(tiny_npz: Path,
 
 def test_vertex_reads_and_writes_cloud_storage_through_its_mount(tiny_npz: Path,
                                                                   tmp_path: Path) -> None:
+    """A trial of a tuning job: the tuned hyperparameters as Vertex AI passes them
+    (`--learning_rate=...`), the tuned metric in cloudml-hypertune's file."""
     from conftest import clean_environ, run_entrypoint
 
     mount = tmp_path / "gcs"
     (mount / "data-bucket" / "sets").mkdir(parents=True)
     (mount / "data-bucket" / "sets" / "tiny.npz").write_bytes(tiny_npz.read_bytes())
+    metrics_file = tmp_path / "hypertune" / "output.metrics"
     env = clean_environ(
         {"BACKBONE": "VGG16", "WEIGHTS": "none", "IMAGE_SIZE": "32", "EPOCHS": "1",
          "BATCH_SIZE": "16", "VALIDATION_SPLIT": "0.25", "AUGMENT": "none"},
-        GCS_FUSE_ROOT=str(mount), CLOUD_ML_JOB_ID="1234567890",
-        DATASET="gs://data-bucket/sets/tiny.npz",
+        GCS_FUSE_ROOT=str(mount), CLOUD_ML_JOB_ID="1234567890", CLOUD_ML_TRIAL_ID="7",
+        CLOUD_ML_HP_METRIC_FILE=str(metrics_file), DATASET="gs://data-bucket/sets/tiny.npz",
         AIP_MODEL_DIR="gs://out-bucket/job/model/", AIP_CHECKPOINT_DIR="gs://out-bucket/job/ckpt/",
         AIP_TENSORBOARD_LOG_DIR="gs://out-bucket/job/logs/", WORK_DIR=str(tmp_path / "work"))
-    result = run_entrypoint(env)
+    result = run_entrypoint(env, "--learning_rate=0.0005", "--epochs", "2")
     assert result.returncode == 0, result.stderr
     model_dir = mount / "out-bucket" / "job" / "model"
     config = json.loads((model_dir / "config.json").read_text())
     assert config["settings"]["run_id"] == "1234567890"
-    assert json.loads((model_dir / "manifest.json").read_text())["status"] == "finished"
+    assert (config["settings"]["learning_rate"], config["settings"]["epochs"]) == (0.0005, 2)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
     assert (mount / "out-bucket" / "job" / "ckpt" / "state" / "LATEST.json").is_file()
     assert list((mount / "out-bucket" / "job" / "logs" / "validation").iterdir())
+    # One line per epoch and one at the end, as cloudml-hypertune writes them: the best
+    # val_accuracy so far, so that the final measurement is the shipped model's.
+    history = json.loads((model_dir / "history.json").read_text())
+    best_so_far = [max(row["val_accuracy"] for row in history[:end]) for end in (1, 2, 2)]
+    lines = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert [(line["trial"], line["global_step"]) for line in lines] == [
+        ("7", "1"), ("7", "2"), ("7", "2")]
+    assert [float(line["val_accuracy"]) for line in lines] == best_so_far
+    assert float(lines[-1]["val_accuracy"]) == manifest["best_value"]
+    assert all(set(line) == {"timestamp", "trial", "global_step", "val_accuracy", "checkpoint_path"}
+               for line in lines)

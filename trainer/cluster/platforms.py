@@ -1,28 +1,24 @@
 """Where the job runs: SageMaker's or Vertex AI's layout read into settings and folders.
 
     platform = resolve_platform(os.environ)   # then load_settings(platform.environ, flags)
+    check_inputs(platform, given)             # once the settings are resolved
 
 SageMaker (bring-your-own-container training) is recognised by `<SAGEMAKER_BASE_DIR>/input/config/`
-(default /opt/ml). `hyperparameters.json` gives settings: keys in any case (`epochs`, `EPOCHS`,
-`learning-rate`), values as SageMaker writes them (strings, which its Python SDK JSON-encodes:
-`"\"ResNet50\""` is read as ResNet50). Hyperparameters beat the environment; flags beat both
-(load_settings). Keys that SageMaker adds itself (`sagemaker_*`, `_tuning_objective_metric`) are
-ignored; any other key that is not a setting is a ConfigError naming it, so a typo never trains
-with a default. Values are passed through as variables, so a bad one fails in load_settings.
-Defaults where nothing sets them: DATASET the `training` channel (else the only channel besides
-`weights`) under `input/data/`, WEIGHTS the `weights` channel, RUN_ID TRAINING_JOB_NAME in lower
-case, and TF_CONFIG from several hosts in `resourceconfig.json` (the hosts sorted, this one's
-index, port WORKER_PORT or 2222). The run goes to `model/` (packed by SageMaker as
-model.tar.gz), the resume state to `checkpoints/` when it exists (synced with S3 for managed spot
-training), TensorBoard events to `output/tensorboard/` when it exists, the failure line to
-`output/failure`.
+(default /opt/ml); its hyperparameters and channels are read by trainer.cluster.sagemaker. The run
+goes to `model/` (packed by SageMaker as model.tar.gz), the resume state to `checkpoints/` when it
+exists (synced with S3 for managed spot training), TensorBoard events to `output/tensorboard/`
+when it exists, the failure line to `output/failure`. Every channel must be read: one that
+DATASET or WEIGHTS set otherwise leaves unread is a ConfigError, and so is a job with no channel to
+train on and no DATASET (never a silent fallback to a built-in dataset).
 
 Vertex AI custom training is recognised by CLOUD_ML_JOB_ID or an AIP_*_DIR variable. Cloud
 Storage is read through its FUSE mount: `gs://bucket/path` in DATASET, DATASET_MIRROR, WEIGHTS and
 ARTIFACT_URI, and in AIP_MODEL_DIR (the run), AIP_CHECKPOINT_DIR (the resume state) and
 AIP_TENSORBOARD_LOG_DIR (TensorBoard events), becomes `<GCS_FUSE_ROOT>/bucket/path` (default
 /gcs). RUN_ID defaults to CLOUD_ML_JOB_ID. Its cluster comes from TF_CONFIG or CLUSTER_SPEC
-(trainer.cluster.specs).
+(trainer.cluster.specs). Without AIP_MODEL_DIR (a job without baseOutputDirectory) ARTIFACT_URI
+must be given: the container's own disk is gone when the job ends. The tuned metric goes to the
+hypertune metrics file (trainer.tracking.hypertune).
 
 Everywhere: a local DATASET folder that holds one .npz and nothing else is read as that file, and
 a WEIGHTS folder with exactly one weights file (.h5, .keras) below it as that file, which is what a
@@ -31,24 +27,24 @@ SageMaker channel, a Kubeflow Trainer initializer or a FUSE prefix gives.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.cluster.sagemaker import read_sagemaker
 from trainer.errors import ConfigError
 from trainer.options import OPTIONS
 
 DEFAULT_SAGEMAKER_BASE_DIR = "/opt/ml"
+TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' terminationMessagePath default
 DEFAULT_GCS_FUSE_ROOT = "/gcs"
-DEFAULT_WORKER_PORT = "2222"
 VERTEX_MARKERS = ("CLOUD_ML_JOB_ID", "AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR",
                   "AIP_TENSORBOARD_LOG_DIR")
 GCS_VARIABLES = ("DATASET", "DATASET_MIRROR", "WEIGHTS", "ARTIFACT_URI")
 WEIGHTS_SUFFIXES = (".h5", ".keras")
-# Hyperparameters that are not settings but may still be given: MLflow's own variables.
-PASSED_PREFIXES = ("MLFLOW_",)
+# The settings whose locations may be inside a channel.
+LOCATION_FIELDS = ("dataset", "weights", "dataset_mirror")
 
 
 @dataclass(frozen=True)
@@ -63,17 +59,57 @@ class Platform:
     state_dir: str | None = None
     tensorboard_dir: str | None = None
     failure_file: str | None = None
+    channels: dict[str, str] = field(default_factory=dict)  # SageMaker's: name -> folder
+    dataset_channels: tuple[str, ...] = ()  # the channels that DATASET's default reads
+    notes: tuple[str, ...] = ()  # logged by the job once logging is set up
 
 
 def resolve_platform(environ: Mapping[str, str]) -> Platform:
     """The platform this process runs on, read from `environ` and the files it names.
-    ConfigError (2) for a hyperparameters.json or resourceconfig.json that cannot be used."""
+    ConfigError (2) for a SageMaker layout that cannot be used."""
     base = sagemaker_base(environ)
     if base is not None:
         return _sagemaker(environ, base)
     if any(environ.get(name) for name in VERTEX_MARKERS):
         return _vertex(environ)
     return Platform(name=None, environ=_local_files(dict(environ)))
+
+
+def check_inputs(platform: Platform, given: Mapping[str, Any]) -> None:
+    """What the platform gives must be used: `given` holds the settings (by field) that a
+    flag, a variable, a hyperparameter or a channel set, as resolved."""
+    if platform.name == "vertex" and platform.run_dir is None and "artifact_uri" not in given:
+        raise ConfigError(
+            "on Vertex AI without AIP_MODEL_DIR the run would stay on the container's disk, "
+            "which is gone when the job ends; give the job a baseOutputDirectory (which sets "
+            "AIP_MODEL_DIR), or ARTIFACT_URI=gs://bucket/runs or s3://bucket/runs")
+    if platform.name != "sagemaker":
+        return
+    if "dataset" not in given:
+        listed = ", ".join(platform.channels) or "none"
+        raise ConfigError(
+            f"no dataset: no `training` or `train` channel (channels: {listed}) and no DATASET; "
+            "give the job a `training` channel (and optionally `validation`), or the dataset "
+            "hyperparameter (a built-in name such as digits, or a location)")
+    default = platform.environ.get("DATASET")
+    used = set(platform.dataset_channels) if given["dataset"] == default else set()
+    locations = [str(given[name]) for name in LOCATION_FIELDS if given.get(name)]
+    for name, folder in platform.channels.items():
+        if any(_inside(location, folder) for location in locations):
+            used.add(name)
+    unused = [name for name in platform.channels if name not in used]
+    if unused:
+        shown = ", ".join(f"{name.upper()}={given[name]}" for name in ("dataset", "weights")
+                          if name in given)
+        raise ConfigError(
+            f"channel(s) {', '.join(unused)} would not be read ({shown}); leave DATASET "
+            "and WEIGHTS unset to train on the channels (`training` or `train`, `validation` "
+            "or `test`, `weights`), or drop the channels the job does not need")
+
+
+def _inside(location: str, folder: str) -> bool:
+    path, root = Path(location), Path(folder)
+    return path == root or root in path.parents
 
 
 def sagemaker_base(environ: Mapping[str, str]) -> Path | None:
@@ -92,115 +128,33 @@ def failure_file(environ: Mapping[str, str]) -> str | None:
     return str(base / "output" / "failure") if base is not None else None
 
 
+def record_failure(line: str, environ: Mapping[str, str]) -> None:
+    """The failure line where the platform shows it: Kubernetes' `kubectl describe pod` (the
+    termination log) and SageMaker's FailureReason (output/failure), where writable."""
+    for path in (TERMINATION_LOG, failure_file(environ)):
+        try:
+            if path:
+                with open(path, "w") as f:
+                    f.write(line + "\n")
+        except OSError:
+            pass
+
+
 def settings_variables() -> set[str]:
     """The variables that settings are read from."""
     return {option.variable for option in OPTIONS}
 
 
-# --- SageMaker ---
-
-
 def _sagemaker(environ: Mapping[str, str], base: Path) -> Platform:
-    config = base / "input" / "config"
-    hyperparameters = _hyperparameters(config / "hyperparameters.json")
-    effective = {**environ, **hyperparameters}
-    defaults: dict[str, str] = {}
-    channels = _channels(base / "input" / "data")
-    data_channels = [name for name in channels if name != "weights"]
-    if "training" in channels:
-        defaults["DATASET"] = str(channels["training"])
-    elif len(data_channels) == 1:
-        defaults["DATASET"] = str(channels[data_channels[0]])
-    if "weights" in channels:
-        defaults["WEIGHTS"] = str(channels["weights"])
-    if environ.get("TRAINING_JOB_NAME"):
-        defaults["RUN_ID"] = environ["TRAINING_JOB_NAME"].lower()
-    tf_config = _tf_config_of_hosts(config / "resourceconfig.json",
-                                    effective.get("WORKER_PORT") or DEFAULT_WORKER_PORT)
-    if tf_config:
-        defaults["TF_CONFIG"] = tf_config
-    for name, value in defaults.items():
-        if not effective.get(name):
-            effective[name] = value
+    layout = read_sagemaker(dict(environ), base, settings_variables())
     checkpoints = base / "checkpoints"
     tensorboard = base / "output" / "tensorboard"
     return Platform(
-        name="sagemaker", environ=_local_files(effective), run_dir=str(base / "model"),
+        name="sagemaker", environ=_local_files(layout.environ), run_dir=str(base / "model"),
         state_dir=str(checkpoints) if checkpoints.is_dir() else None,
         tensorboard_dir=str(tensorboard) if tensorboard.is_dir() else None,
-        failure_file=str(base / "output" / "failure"))
-
-
-def _hyperparameters(path: Path) -> dict[str, str]:
-    """hyperparameters.json as variables: upper-case names, string values."""
-    if not path.is_file():
-        return {}
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{path} is not readable JSON ({type(error).__name__}); give "
-                          "hyperparameters as a JSON object of names and values") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path} is not a JSON object; give hyperparameters as names and "
-                          "values")
-    known = settings_variables()
-    variables: dict[str, str] = {}
-    unknown = []
-    for key, value in loaded.items():
-        if key.lower().startswith("sagemaker_") or key.startswith("_"):
-            continue  # SageMaker's own (its SDK, automatic model tuning)
-        name = key.strip().upper().replace("-", "_")
-        if name not in known and not name.startswith(PASSED_PREFIXES):
-            unknown.append(key)
-            continue
-        variables[name] = _hyperparameter_text(value)
-    if unknown:
-        raise ConfigError(
-            f"hyperparameter(s) {', '.join(sorted(unknown))} are not settings of this trainer; "
-            "use the names of its variables in any case (epochs, batch_size, learning_rate, "
-            "...; see `trainer train --help`)")
-    return variables
-
-
-def _hyperparameter_text(value: Any) -> str:
-    """A value as the setting's text: SageMaker's Python SDK JSON-encodes strings."""
-    if isinstance(value, str):
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            try:
-                decoded = json.loads(value)
-            except ValueError:
-                return value
-            return decoded if isinstance(decoded, str) else value
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value)
-
-
-def _channels(data: Path) -> dict[str, Path]:
-    """The channels that SageMaker copied in (File mode: one folder each)."""
-    if not data.is_dir():
-        return {}
-    return {child.name: child for child in sorted(data.iterdir()) if child.is_dir()}
-
-
-def _tf_config_of_hosts(path: Path, port: str) -> str | None:
-    """TF_CONFIG for several hosts in resourceconfig.json, None for one host."""
-    if not path.is_file():
-        return None
-    try:
-        resources = json.loads(path.read_text())
-        hosts, current = sorted(resources["hosts"]), resources["current_host"]
-        index = hosts.index(current)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise ConfigError(f"{path} is not valid: it must list hosts and name the current_host "
-                          "among them, as SageMaker writes it") from None
-    if len(hosts) < 2:
-        return None
-    return json.dumps({"cluster": {"worker": [f"{host}:{port}" for host in hosts]},
-                       "task": {"type": "worker", "index": index}})
+        failure_file=str(base / "output" / "failure"), channels=layout.channels,
+        dataset_channels=layout.dataset_channels, notes=layout.notes)
 
 
 # --- Vertex AI ---

@@ -15,6 +15,7 @@ otherwise, to one retry and a 10 s timeout, so a server that is down costs secon
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -131,10 +132,15 @@ class Backlog:
             extra=dict(self._context()))
 
 
-def configure_client(environ: MutableMapping[str, str]) -> None:
-    """MLflow's HTTP client variables (CLIENT_DEFAULTS) into `environ`, where not set already."""
+def configure_client(given: Mapping[str, str],
+                     target: MutableMapping[str, str] | None = None) -> None:
+    """MLflow's variables in `given` (the job's environment, with SageMaker's hyperparameters
+    over it) into `target` (the process environment, which MLflow's client reads), then
+    CLIENT_DEFAULTS where not set already."""
+    target = os.environ if target is None else target
+    target.update({name: value for name, value in given.items() if name.startswith("MLFLOW_")})
     for name, value in CLIENT_DEFAULTS.items():
-        environ.setdefault(name, value)
+        target.setdefault(name, value)
 
 
 def error_code(error: Exception) -> str | None:

@@ -26,7 +26,6 @@ MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_S3_ENDPOINT_URL, ...). `mlflow-skinny` is e
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
@@ -75,7 +74,7 @@ class Tracker:
         uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
         if not uri:
             return None
-        configure_client(os.environ)
+        configure_client(environ)
         try:
             from mlflow import MlflowClient
         except ImportError:
