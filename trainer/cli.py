@@ -26,7 +26,7 @@ import click
 
 from trainer.cluster.platforms import failure_file
 from trainer.data.load import fetch_dataset
-from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError
+from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError, first_line
 from trainer.job import run_job
 from trainer.logs import setup_logging
 from trainer.redaction import redact
@@ -264,9 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainerError as error:
         return _fail(str(error), error.exit_code, debug)
     except Exception as error:  # noqa: BLE001 - every bug becomes exit 1 with one line
-        detail = " ".join(str(error).split())[:300]
-        return _fail(f"internal error: {type(error).__name__}: {detail}; rerun with "
-                     "LOG_LEVEL=DEBUG for the traceback and report it", INTERNAL_ERROR, debug)
+        return _fail(f"internal error: {type(error).__name__}: {first_line(error)}; rerun "
+                     "with LOG_LEVEL=DEBUG for the traceback and report it", INTERNAL_ERROR,
+                     debug)
 
 
 def _fail(message: str, code: int, debug: bool) -> int:

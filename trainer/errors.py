@@ -49,6 +49,15 @@ class Terminated(TrainerError):
 INTERNAL_ERROR = 1
 
 
+def first_line(error: BaseException) -> str:
+    """The cause to quote in a failure line: the error's first non-empty line, whole (a cut
+    at N characters leaves "Name or service not"), else its class name."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return " ".join(line.split())
+    return type(error).__name__
+
+
 def is_network_outage(error: BaseException) -> bool:
     """Whether a download failed for the network's sake (a name not resolved, a refused or
     reset connection, a timeout, a server error): worth retrying later, unlike a missing file

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from trainer.errors import ConfigError, Terminated, TrainerError
+from trainer.errors import ConfigError, Terminated, TrainerError, first_line
 from trainer.logs import get_logger
 from trainer.settings import OPTIONS, load_settings
 from trainer.store.stores import open_store
@@ -90,7 +90,7 @@ def load_grid(path: str | Path) -> Grid:
         content = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except ValueError as error:  # json.JSONDecodeError and yaml.YAMLError are ValueErrors
         raise ConfigError(f"sweep grid {path} is not valid JSON/YAML: "
-                          f"{' '.join(str(error).split())[:200]}") from None
+                          f"{first_line(error)}") from None
     return parse_grid(content, str(path))
 
 
