@@ -70,6 +70,9 @@ BAD_VALUES = [
     ("LABEL_SMOOTHING", "1"), ("LABEL_SMOOTHING", "-0.1"), ("EARLY_STOPPING_PATIENCE", "-1"),
     ("AUGMENT", "flip,rotate"), ("AUGMENT", ","), ("PRECISION", "float8"), ("XLA", "maybe"),
     ("PEER_TIMEOUT", "0"), ("PEER_TIMEOUT", "soon"),
+    *[(variable, uri) for variable in ("ARTIFACT_URI", "DATASET", "WEIGHTS") for uri in (
+        "s3:/bucket/x", "s3:bucket/x", "S3://bucket/x", "gs://bucket/x", "http://host/x",
+        "file://host/x")],
 ]
 
 
@@ -79,6 +82,23 @@ def test_bad_value_is_a_config_error_naming_the_variable(variable: str, value: s
         load_settings({variable: value})
     assert str(caught.value).startswith(f"{variable}=")
     assert caught.value.exit_code == 2
+
+
+def test_a_malformed_uri_names_the_accepted_forms_and_file_uris_are_paths() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"ARTIFACT_URI": "s3:/runs"})
+    assert str(caught.value) == (
+        "ARTIFACT_URI='s3:/runs' is invalid: give a local folder, file:///absolute/folder or "
+        "s3://bucket[/prefix]; s3:// in lower case, no other scheme")
+    with pytest.raises(ConfigError, match=r"^WEIGHTS='gs://b/w.h5' is invalid: give imagenet, "
+                       r"none, .* \(gs:// is read on Vertex AI alone, through its Cloud Storage"):
+        load_settings({"WEIGHTS": "gs://b/w.h5"})
+    settings = load_settings({"ARTIFACT_URI": "file:///srv/runs", "DATASET": "file:///d/a%20b",
+                              "WEIGHTS": "file://localhost/w/best.h5"})
+    assert (settings.artifact_uri, settings.dataset, settings.weights) == (
+        "/srv/runs", "/d/a b", "/w/best.h5")
+    plain = load_settings({"ARTIFACT_URI": "runs", "DATASET": "MNIST", "WEIGHTS": "./w.h5"})
+    assert (plain.artifact_uri, plain.dataset, plain.weights) == ("runs", "MNIST", "./w.h5")
 
 
 def test_image_size_below_the_backbone_minimum_names_both() -> None:
@@ -91,6 +111,7 @@ def test_image_size_below_the_backbone_minimum_names_both() -> None:
     ("BACKBONE", "resnet51"), ("EPOCHS", "0"), ("EPOCHS", "abc"), ("POOLING", "mean"),
     ("RUN_ID", "../escape"), ("RUN_ID", "a/b"), ("BATCH_SIZE", "0"), ("IMAGE_SIZE", "16"),
     ("FINE_TUNE_LAYERS", "-4"), ("LABEL_SMOOTHING", "1.5"), ("PRECISION", "half"),
+    ("ARTIFACT_URI", "s3:/runs"),
 ])
 def test_entrypoint_exits_2_with_one_line_and_no_traceback(variable: str, value: str) -> None:
     result = run_entrypoint(clean_environ(**{variable: value}), timeout=60)
@@ -132,7 +153,7 @@ def test_augmentation_is_on_by_default_for_the_built_in_photos_only() -> None:
     assert load_settings({"DATASET": "cifar10"}).augmentations == ("flip", "translate")
     assert load_settings({"DATASET": "cifar100"}).augmentations == ("flip", "translate")
     # Data the job cannot know to be photos is trained as given, as the tutorial does.
-    for dataset in ("digits", "mnist", "fashion_mnist", "/data/flowers", "s3://b/set.npz"):
+    for dataset in ("digits", "mnist", "fashion_mnist", "/data/flowers", "s3://bucket/set.npz"):
         assert load_settings({"DATASET": dataset}).augmentations == (), dataset
     assert load_settings({"DATASET": "digits", "AUGMENT": "crop"}).augmentations == ("crop",)
     assert load_settings({"AUGMENT": "none"}).augmentations == ()

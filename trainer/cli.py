@@ -162,6 +162,7 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
     """Metrics and pictures of MODEL (a run id or an .h5) on DATASET (anything DATASET takes)."""
     from trainer.reports.evaluation import evaluate_model  # TensorFlow
 
+    dataset = OPTIONS_BY_FIELD["dataset"].parse("DATASET", dataset)
     endpoint, style = options["s3_endpoint_url"], options["s3_addressing_style"]
     path = resolve_model(model, _store(options))
     local = fetch_dataset(dataset, Path(work_dir) / "datasets", endpoint, style)

@@ -4,6 +4,7 @@ text becomes a value (a ConfigError naming the variable and the fix when it cann
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,16 +128,43 @@ def _optional_text(variable: str, text: str) -> str | None:
     return text.strip() or None
 
 
-def _artifact_uri(variable: str, text: str) -> str:
+# A `scheme:` prefix (`s3:/x`, `S3://x`, `http://x`): read as a local path it would name a
+# folder after the typo, which a run would fill and exit 0.
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def location(variable: str, text: str, forms: str) -> str:
+    """A local path, `file://` URI (given back as its path) or `s3://bucket/key` URI; any
+    other `scheme:` form is a ConfigError naming the variable and the accepted `forms`."""
     value = _text(variable, text)
-    if "://" in value and not value.startswith("s3://"):
-        raise _fail(variable, text, "give a local folder or s3://bucket[/prefix]")
     if value.startswith("s3://"):
         bucket = value[5:].split("/", 1)[0]
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
             raise _fail(variable, text, "the bucket name after s3:// must be 3-63 characters of "
                         "a-z, 0-9, '.' and '-'")
-    return value
+        return value
+    if value.startswith("file://"):
+        parsed = urllib.parse.urlsplit(value)
+        if parsed.netloc in ("", "localhost") and parsed.path.startswith("/"):
+            return urllib.parse.unquote(parsed.path)
+    elif not SCHEME.match(value):
+        return value
+    vertex = " (gs:// is read on Vertex AI alone, through its Cloud Storage FUSE mount)" if (
+        value.lower().startswith("gs:")) else ""
+    raise _fail(variable, text, f"give {forms}; s3:// in lower case, no other scheme{vertex}")
+
+
+def _artifact_uri(variable: str, text: str) -> str:
+    return location(variable, text, "a local folder, file:///absolute/folder or "
+                    "s3://bucket[/prefix]")
+
+
+def _dataset(variable: str, text: str) -> str:
+    value = _text(variable, text)
+    if value.lower() in BUILTIN_DATASETS:
+        return value
+    return location(variable, text, "a built-in name (" + ", ".join(BUILTIN_DATASETS) + "), a "
+                    "local path, file:///absolute/path or s3://bucket/key")
 
 
 def check_run_id(text: str, variable: str = "RUN_ID") -> str:
@@ -154,12 +182,15 @@ def _run_id(variable: str, text: str) -> str:
 
 def _weights(variable: str, text: str) -> str:
     value = _text(variable, text)
-    return value.lower() if value.lower() in ("imagenet", "none") else value
+    if value.lower() in ("imagenet", "none"):
+        return value.lower()
+    return location(variable, text, "imagenet, none, a local path, file:///absolute/path or "
+                    "s3://bucket/key of a weights file")
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("dataset", "DATASET", "Built-in name (" + ", ".join(BUILTIN_DATASETS) + ") or a local "
-           "path / s3:// URI of an .npz, an image folder or a TFRecord folder.", _text),
+           "path / s3:// URI of an .npz, an image folder or a TFRecord folder.", _dataset),
     Option("dataset_mirror", "DATASET_MIRROR", "URL or local folder holding the built-in "
            "datasets' archives under their usual names, for clusters without internet.",
            _optional_text, "none"),
