@@ -87,6 +87,15 @@ def test_a_finished_run_is_not_trained_again(finished_run: dict) -> None:
     assert result.returncode == 0, result.stderr
     assert "already finished" in result.stdout
     assert {p.name: p.stat().st_mtime_ns for p in finished_run["run"].iterdir()} == before
+    # Settings that change the result: not done, so not exit 0; each named with both values.
+    other = run_entrypoint({**finished_run["env"], "LEARNING_RATE": "0.01",
+                            "BACKBONE": "ResNet50"}, timeout=120)
+    assert other.returncode == 2, other.stderr
+    assert other.stderr.strip().endswith(
+        "RUN_ID=tiny already finished with other settings (BACKBONE VGG16 -> ResNet50; "
+        "LEARNING_RATE 0.0001 -> 0.01); give a new RUN_ID to train with these, or the run's own "
+        "settings (its config.json) to leave it as it is"), other.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run["run"].iterdir()} == before
 
 
 def test_two_cpu_replicas_train_with_mirrored_strategy(finished_run: dict) -> None:

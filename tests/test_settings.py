@@ -6,7 +6,7 @@ import pytest
 from conftest import clean_environ, run_entrypoint
 
 from trainer.errors import ConfigError
-from trainer.settings import OPTIONS, Settings, load_settings
+from trainer.settings import OPTIONS, RESULT_SETTINGS, Settings, changed_settings, load_settings
 
 CONTRACT_VARIABLES = {
     "DATASET", "DATASET_MIRROR", "BACKBONE", "POOLING", "EPOCHS", "BATCH_SIZE", "IMAGE_SIZE",
@@ -166,3 +166,33 @@ def test_augmentation_is_on_by_default_for_the_built_in_photos_only() -> None:
 def test_contradicting_settings_name_both(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(environ)
+
+
+# Settings that leave a run's result as it is: where it is stored, logged, timed or compiled.
+NOT_RESULT_SETTINGS = {
+    "dataset_mirror", "artifact_uri", "run_id", "s3_endpoint_url", "s3_addressing_style",
+    "log_format", "log_level", "upload_timeout", "steps_per_call", "work_dir", "xla",
+    "peer_timeout", "termination_grace_seconds"}
+
+
+def test_every_setting_is_either_a_result_setting_or_named_as_none() -> None:
+    """A new setting must be classed: one that changes the result and is left out of
+    RESULT_SETTINGS would let a finished run re-run with it say "nothing to do"."""
+    fields = {option.field for option in OPTIONS}
+    assert set(RESULT_SETTINGS) | NOT_RESULT_SETTINGS == fields
+    assert not set(RESULT_SETTINGS) & NOT_RESULT_SETTINGS
+
+
+def test_changed_settings_names_each_with_both_values() -> None:
+    saved = load_settings({"DATASET": "/data/a", "SEED": "1", "AUGMENT": "flip"}).public_dict()
+    same = load_settings({"DATASET": "/data/a", "SEED": "1", "AUGMENT": "flip",
+                          "LOG_LEVEL": "DEBUG", "ARTIFACT_URI": "s3://other/runs"})
+    assert changed_settings(saved, same) == []
+    other = load_settings({"DATASET": "/data/b", "SEED": "1", "AUGMENT": "flip",
+                           "WEIGHTS": "none", "LABEL_SMOOTHING": "0.1", "PRECISION": "float32",
+                           "IMAGE_SIZE": "64"})
+    assert changed_settings(saved, other) == [
+        "DATASET /data/a -> /data/b", "IMAGE_SIZE unset -> 64", "WEIGHTS imagenet -> none",
+        "LABEL_SMOOTHING 0.0 -> 0.1", "PRECISION auto -> float32"]
+    # An older run's config.json without a setting: that one is not compared.
+    assert changed_settings({"seed": 1}, other) == []

@@ -26,7 +26,7 @@ import click
 
 from trainer.cluster.platforms import failure_file
 from trainer.data.load import fetch_dataset
-from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError, first_line
+from trainer.errors import INTERNAL_ERROR, ConfigError, DataError, TrainerError, first_line
 from trainer.job import run_job
 from trainer.logs import setup_logging
 from trainer.redaction import redact
@@ -100,8 +100,8 @@ def train(**flags: str | None) -> None:
 
 @cli.command()
 @click.option("--sweep", default=None,
-              help="Only this sweep's runs (<NAME>-<index>), side by side with their varying "
-              "settings, best first.")
+              help="Only this sweep's runs (<NAME>-<index>-<digest>, the newest of each index), "
+              "side by side with their varying settings, best first.")
 @_store_options
 def runs(sweep: str | None, **options: Any) -> None:
     """List runs: id, status, epochs done, best value."""
@@ -137,8 +137,16 @@ def predict(model: str, images: tuple[str, ...], top: int, **options: Any) -> No
     from trainer.serving.predict import predict_images  # TensorFlow
 
     path = resolve_model(model, _store(options))
+    unreadable = []
     for image, ranked in predict_images(path, [Path(i) for i in images], top):
-        click.echo(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
+        if isinstance(ranked, DataError):  # a row of its own; the others are predicted
+            unreadable.append(image)
+            click.echo(f"{image}: error: {ranked}")
+        else:
+            click.echo(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
+    if unreadable:
+        raise DataError(f"IMAGE: {len(unreadable)} of {len(images)} images could not be read "
+                        f"({', '.join(unreadable)}); the others are predicted above")
 
 
 @cli.command()
@@ -232,16 +240,17 @@ def report(run_id: str | None, sweep: str | None, destination: str | None,
 @cli.command()
 @click.argument("grid", type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", default=None,
-              help="The sweep's name; its runs are <NAME>-<index>. Default: GRID's file name "
-              "without extension.")
+              help="The sweep's name; its runs are <NAME>-<index>-<digest>. Default: GRID's file "
+              "name without extension.")
 def sweep(grid: str, name: str | None) -> None:
     """Run every combination of a grid of settings, one after another.
 
     GRID is a JSON or YAML file that maps setting variables to a list of values (a dimension of
     the grid) or to one value (the same in every run), e.g. {"BACKBONE": ["VGG16",
     "MobileNetV2"], "LEARNING_RATE": ["1e-3", "1e-4"], "EPOCHS": 3}. Combination i (in the
-    file's order, the last list varying fastest) runs as RUN_ID <NAME>-<i>; other settings come
-    from the environment. Finished runs are skipped, so running it again continues a sweep.
+    file's order, the last list varying fastest) runs as RUN_ID <NAME>-<i>-<digest of its
+    settings>; other settings come from the environment. Finished runs are skipped, so running
+    it again continues a sweep, and after an edit of GRID trains the combinations that changed.
     """
     settings = load_settings(os.environ)
     setup_logging(settings.log_level, settings.log_format)

@@ -40,6 +40,14 @@ class UploadsUnfinished(TransientError):
     """Storage stayed unreachable for UPLOAD_TIMEOUT: the files are kept locally."""
 
 
+class ExportFailed(TrainerError):
+    """A serving export that EXPORT asked for failed (its converter or its check): the run's
+    other artifacts are stored, the broken export is not. Exit 1, as for a bug: every backbone
+    that builds is meant to export to every format; a retry runs the export again."""
+
+    exit_code = 1
+
+
 class Terminated(TrainerError):
     """Stopped by SIGTERM after saving the state a restart resumes from."""
 

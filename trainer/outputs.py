@@ -28,6 +28,7 @@ from trainer.errors import TrainerError
 from trainer.logs import get_logger
 from trainer.reports.plots import save_curves, save_samples
 from trainer.reports.run_page import build_report
+from trainer.serving.formats import export_failure
 from trainer.settings import Settings
 from trainer.state import LoopState, save_state
 from trainer.store.artifacts import EVALUATION_FILES, HistoryRow, RunArtifacts
@@ -191,6 +192,7 @@ class ChiefOutputs:
                                           ("accuracy", "macro_f1", "top5_accuracy")
                                           if key in metrics}})
         exports = self._export(export)
+        failed = {kind: result for kind, result in exports.items() if result["status"] == "failed"}
         if self.tracker is not None:
             files = [artifacts.path(name) for name in ("best.h5", "export", "report.html",
                                                        "curves.png", "metrics.json")]
@@ -198,11 +200,15 @@ class ChiefOutputs:
             self.tracker.register_model()
             self._end_tracking("FINISHED")
         artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
+        summary["status"] = "failed" if failed else "finished"  # a re-run retries the export
         manifest = artifacts.manifest(**summary, epochs_done=len(state.history),
                                       stopped_early=len(state.history) < settings.total_epochs,
                                       exports=exports)
         artifacts.write_json("manifest.json", manifest)
         artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
+        if failed:
+            raise export_failure(failed, settings.run_id, artifacts.store.uri.rstrip("/") + "/"
+                                 + artifacts.key(""))
         return artifacts.key("best.h5")
 
     def _export(self, export: Export) -> dict[str, dict[str, Any]]:
