@@ -92,14 +92,11 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     assert "stopped by SIGTERM at epoch 1, step" in stderr
     stopped = _pointer(run_store)
     assert (stopped["epoch"], stopped["step"] > 0) == (0, True)
-    outcome = json.loads(run_store.read("resumable/outcome.json"))  # `trainer runs` shows it
-    assert (outcome["status"], outcome["exit_code"]) == ("stopped", 143)
 
     # 2. A new pod resumes mid-epoch; SIGKILL (OOM, node lost) once a later state is stored.
     job = Job({**env, "WORK_DIR": str(next(work))})
     job.wait_for("resuming after epoch 0")
     assert job.resumed() == (1, stopped["step"])
-    assert "resumable/outcome.json" not in run_store.keys("resumable/")  # running again
     deadline = time.monotonic() + 300
     while _newest_state_epoch(run_store) < 1:
         assert job.process.poll() is None and time.monotonic() < deadline
