@@ -146,7 +146,8 @@ def test_predict_names_the_right_class_with_every_kind_of_model(finished_run: di
     result = trainer_in_process("predict", str(finished_run["run"] / "best.h5"), paths[0],
                                 str(broken), paths[1], env=finished_run["env"])
     assert result.returncode == 3, result.stderr
-    first, error, second = result.stdout.strip().splitlines()
+    first, error, second = [line for line in result.stdout.strip().splitlines()
+                            if not line.startswith("{")]  # the JSON log's failure line
     assert first.split(": ")[1].split()[0] == str(val.labels[0])
     assert second.split(": ")[1].split()[0] == str(val.labels[1])
     assert error.startswith(f"{broken}: error: IMAGE {broken} is not a readable JPEG"), error

@@ -59,7 +59,7 @@ def test_a_requested_export_that_fails_ends_the_run_non_zero_and_is_not_publishe
                         WORK_DIR=str(tmp_path / "work"), EXPORT="savedmodel,litert")
     result = trainer_in_process("train", env=env)
     assert result.returncode == 1, result.stderr
-    line = result.stderr.strip().splitlines()[-1]
+    line = result.stderr.strip().splitlines()[-1].removeprefix("error: ")
     assert line.startswith("EXPORT: the litert export failed (litert: differs from best.h5 by "
                            ), line
     assert f"best.h5 and the rest of the run are stored in {runs}/exports/" in line
