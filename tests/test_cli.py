@@ -93,6 +93,19 @@ def test_fetch_refuses_a_damaged_model(finished_run: dict, tmp_path: Path) -> No
     assert result.returncode == 3
     assert "does not match the sha256" in result.stderr
     assert not (tmp_path / "out" / "tiny" / "best.h5").exists()
+    # A file fetched late damaged, over an earlier complete copy: nothing partial is left,
+    # and the earlier copy stays as it was.
+    shutil.copyfile(finished_run["run"] / "best.h5", store / "tiny" / "best.h5")
+    earlier = tmp_path / "out" / "tiny"
+    earlier.mkdir(parents=True, exist_ok=True)
+    (earlier / "best.h5").write_bytes(b"an earlier copy")
+    (store / "tiny" / "report.html").write_text("<html>damaged</html>")
+    result = trainer("fetch", "tiny", "--to", str(tmp_path / "out"), "--artifact-uri",
+                     str(store), env=finished_run["env"])
+    assert result.returncode == 3 and "report.html of run tiny does not match" in result.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["tiny"]
+    assert [p.name for p in earlier.iterdir()] == ["best.h5"]
+    assert (earlier / "best.h5").read_bytes() == b"an earlier copy"
 
 
 def test_fetch_of_an_unknown_run_says_so(finished_run: dict, tmp_path: Path) -> None:
@@ -127,6 +140,20 @@ def test_predict_names_the_right_class_with_every_kind_of_model(finished_run: di
         assert [line.split(": ", 1)[0] for line in lines] == paths
         top = [line.split(": ", 1)[1].split()[0] for line in lines]
         assert top == [str(label) for label in val.labels[:8]], (model, top)
+    # An unreadable file among them: its own error row, the others predicted, then exit 3.
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"<html>not an image</html>")
+    result = trainer_in_process("predict", str(finished_run["run"] / "best.h5"), paths[0],
+                                str(broken), paths[1], env=finished_run["env"])
+    assert result.returncode == 3, result.stderr
+    first, error, second = [line for line in result.stdout.strip().splitlines()
+                            if not line.startswith("{")]  # the JSON log's failure line
+    assert first.split(": ")[1].split()[0] == str(val.labels[0])
+    assert second.split(": ")[1].split()[0] == str(val.labels[1])
+    assert error.startswith(f"{broken}: error: IMAGE {broken} is not a readable JPEG"), error
+    assert result.stderr.strip().endswith(
+        f"IMAGE: 1 of 3 images could not be read ({broken}); the others are predicted above")
+
 
 
 @pytest.mark.parametrize("args, named", [

@@ -6,7 +6,7 @@ import pytest
 from conftest import clean_environ, run_entrypoint
 
 from trainer.errors import ConfigError
-from trainer.settings import OPTIONS, Settings, load_settings
+from trainer.settings import OPTIONS, RESULT_SETTINGS, Settings, changed_settings, load_settings
 
 CONTRACT_VARIABLES = {
     "DATASET", "DATASET_MIRROR", "BACKBONE", "POOLING", "EPOCHS", "BATCH_SIZE", "IMAGE_SIZE",
@@ -72,6 +72,9 @@ BAD_VALUES = [
     ("PEER_TIMEOUT", "0"), ("PEER_TIMEOUT", "soon"),
     ("DATASET_FORMAT", "csv"), ("DATA_CACHE_BYTES", "0"), ("DATA_CACHE_BYTES", "-5"),
     ("DATA_CACHE_BYTES", "lots"), ("DATA_CACHE_BYTES", "20Xi"),
+    *[(variable, uri) for variable in ("ARTIFACT_URI", "DATASET", "WEIGHTS") for uri in (
+        "s3:/bucket/x", "s3:bucket/x", "S3://bucket/x", "gs://bucket/x", "http://host/x",
+        "file://host/x")],
 ]
 
 
@@ -91,6 +94,23 @@ def test_sizes_are_bytes_or_kubernetes_quantities() -> None:
     assert load_settings({"DATASET_FORMAT": "Parquet"}).dataset_format == "parquet"
 
 
+def test_a_malformed_uri_names_the_accepted_forms_and_file_uris_are_paths() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"ARTIFACT_URI": "s3:/runs"})
+    assert str(caught.value) == (
+        "ARTIFACT_URI='s3:/runs' is invalid: give a local folder, file:///absolute/folder or "
+        "s3://bucket[/prefix]; s3:// in lower case, no other scheme")
+    with pytest.raises(ConfigError, match=r"^WEIGHTS='gs://b/w.h5' is invalid: give imagenet, "
+                       r"none, .* \(gs:// is read on Vertex AI alone, through its Cloud Storage"):
+        load_settings({"WEIGHTS": "gs://b/w.h5"})
+    settings = load_settings({"ARTIFACT_URI": "file:///srv/runs", "DATASET": "file:///d/a%20b",
+                              "WEIGHTS": "file://localhost/w/best.h5"})
+    assert (settings.artifact_uri, settings.dataset, settings.weights) == (
+        "/srv/runs", "/d/a b", "/w/best.h5")
+    plain = load_settings({"ARTIFACT_URI": "runs", "DATASET": "MNIST", "WEIGHTS": "./w.h5"})
+    assert (plain.artifact_uri, plain.dataset, plain.weights) == ("runs", "MNIST", "./w.h5")
+
+
 def test_image_size_below_the_backbone_minimum_names_both() -> None:
     with pytest.raises(ConfigError, match=r"IMAGE_SIZE=64 is below Xception's minimum of 71"):
         load_settings({"BACKBONE": "xception", "IMAGE_SIZE": "64"})
@@ -101,6 +121,7 @@ def test_image_size_below_the_backbone_minimum_names_both() -> None:
     ("BACKBONE", "resnet51"), ("EPOCHS", "0"), ("EPOCHS", "abc"), ("POOLING", "mean"),
     ("RUN_ID", "../escape"), ("RUN_ID", "a/b"), ("BATCH_SIZE", "0"), ("IMAGE_SIZE", "16"),
     ("FINE_TUNE_LAYERS", "-4"), ("LABEL_SMOOTHING", "1.5"), ("PRECISION", "half"),
+    ("ARTIFACT_URI", "s3:/runs"),
 ])
 def test_entrypoint_exits_2_with_one_line_and_no_traceback(variable: str, value: str) -> None:
     result = run_entrypoint(clean_environ(**{variable: value}), timeout=60)
@@ -142,7 +163,7 @@ def test_augmentation_is_on_by_default_for_the_built_in_photos_only() -> None:
     assert load_settings({"DATASET": "cifar10"}).augmentations == ("flip", "translate")
     assert load_settings({"DATASET": "cifar100"}).augmentations == ("flip", "translate")
     # Data the job cannot know to be photos is trained as given, as the tutorial does.
-    for dataset in ("digits", "mnist", "fashion_mnist", "/data/flowers", "s3://b/set.npz"):
+    for dataset in ("digits", "mnist", "fashion_mnist", "/data/flowers", "s3://bucket/set.npz"):
         assert load_settings({"DATASET": dataset}).augmentations == (), dataset
     assert load_settings({"DATASET": "digits", "AUGMENT": "crop"}).augmentations == ("crop",)
     assert load_settings({"AUGMENT": "none"}).augmentations == ()
@@ -155,3 +176,36 @@ def test_augmentation_is_on_by_default_for_the_built_in_photos_only() -> None:
 def test_contradicting_settings_name_both(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(environ)
+
+
+# Settings that leave a run's result as it is: where it is stored, logged, timed or compiled.
+NOT_RESULT_SETTINGS = {
+    "dataset_mirror", "artifact_uri", "run_id", "s3_endpoint_url", "s3_addressing_style",
+    "log_format", "log_level", "upload_timeout", "steps_per_call", "work_dir", "xla",
+    "peer_timeout", "termination_grace_seconds",
+    # How the same DATASET is read (its format where detection is ambiguous, the stream's cache):
+    # the examples, and so the result, are the same.
+    "dataset_format", "data_cache_bytes"}
+
+
+def test_every_setting_is_either_a_result_setting_or_named_as_none() -> None:
+    """A new setting must be classed: one that changes the result and is left out of
+    RESULT_SETTINGS would let a finished run re-run with it say "nothing to do"."""
+    fields = {option.field for option in OPTIONS}
+    assert set(RESULT_SETTINGS) | NOT_RESULT_SETTINGS == fields
+    assert not set(RESULT_SETTINGS) & NOT_RESULT_SETTINGS
+
+
+def test_changed_settings_names_each_with_both_values() -> None:
+    saved = load_settings({"DATASET": "/data/a", "SEED": "1", "AUGMENT": "flip"}).public_dict()
+    same = load_settings({"DATASET": "/data/a", "SEED": "1", "AUGMENT": "flip",
+                          "LOG_LEVEL": "DEBUG", "ARTIFACT_URI": "s3://other/runs"})
+    assert changed_settings(saved, same) == []
+    other = load_settings({"DATASET": "/data/b", "SEED": "1", "AUGMENT": "flip",
+                           "WEIGHTS": "none", "LABEL_SMOOTHING": "0.1", "PRECISION": "float32",
+                           "IMAGE_SIZE": "64"})
+    assert changed_settings(saved, other) == [
+        "DATASET /data/a -> /data/b", "IMAGE_SIZE unset -> 64", "WEIGHTS imagenet -> none",
+        "LABEL_SMOOTHING 0.0 -> 0.1", "PRECISION auto -> float32"]
+    # An older run's config.json without a setting: that one is not compared.
+    assert changed_settings({"seed": 1}, other) == []

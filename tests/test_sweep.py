@@ -23,6 +23,7 @@ from conftest import clean_environ, unless_ci
 
 from trainer.cluster.specs import tf_config_from_indexed_job
 from trainer.errors import ConfigError
+from trainer.grid import Grid, combination_digest, load_grid, parse_grid
 from trainer.reports.run_page import format_value
 from trainer.reports.sweep_page import (
     SweepRun,
@@ -33,7 +34,7 @@ from trainer.reports.sweep_page import (
 )
 from trainer.settings import load_settings
 from trainer.store.stores import LocalStore
-from trainer.sweep import Grid, load_grid, parse_grid, sweep_environ
+from trainer.sweep import run_id_of, sweep_environ
 
 # One worker runs this module: its sweep (two trainings) is made once.
 pytestmark = pytest.mark.xdist_group("sweep")
@@ -64,7 +65,7 @@ def test_grid_combinations_in_the_files_order_last_list_fastest(tmp_path: Path) 
 
 @pytest.mark.parametrize(("content", "message"), [
     ({"BACKBONES": ["VGG16"]}, "BACKBONES is not a setting variable"),
-    ({"RUN_ID": ["a", "b"]}, "each combination's RUN_ID is <sweep>-<index>"),
+    ({"RUN_ID": ["a", "b"]}, "its RUN_ID is <sweep>-<index>-<digest>"),
     ({"XLA": [True, False]}, "read as a boolean"),
     ({"BACKBONE": []}, "BACKBONE has an empty list"),
     ({"BACKBONE": [["VGG16"]]}, "give a value or a list of values"),
@@ -96,12 +97,14 @@ def test_sweep_environ_applies_combination_i_and_its_run_id(grid_file: Path) -> 
     pod = {"SWEEP_GRID": str(grid_file), "JOB_COMPLETION_INDEX": "2", "RUN_ID": "lr",
            "JOB_NAME": "lr", "BACKBONE": "ResNet50", "EPOCHS": "5"}
     environ = sweep_environ(pod)
-    assert environ["RUN_ID"] == "lr-2"
+    assert environ["RUN_ID"] == "lr-2-" + combination_digest(
+        {"BACKBONE": "MobileNetV2", "LEARNING_RATE": "1e-3"})
     settings = load_settings(environ)
     assert (settings.backbone, settings.learning_rate, settings.epochs) == ("MobileNetV2",
                                                                             1e-3, 5)
     assert sweep_environ(environ) == environ  # applied once, whoever calls it again
-    assert sweep_environ({**pod, "SWEEP_NAME": "named"})["RUN_ID"] == "named-2"
+    assert sweep_environ({**pod, "SWEEP_NAME": "named"})["RUN_ID"] == environ["RUN_ID"].replace(
+        "lr-", "named-")
     assert sweep_environ({"BACKBONE": "VGG16"}) == {"BACKBONE": "VGG16"}
     # Not a multi-node worker: no TF_CONFIG is derived from the Indexed Job's index.
     assert tf_config_from_indexed_job(environ) is None
@@ -201,9 +204,9 @@ def test_pod_i_resolves_to_combination_i(run_id: str | None, tmp_path: Path) -> 
         # The ConfigMap's settings and the container's own values, under combination i's.
         literal = {k: v for k, v in env.items() if v is not None and k != "SWEEP_GRID"}
         expected = load_settings({**settings, **literal, **grid.combination(index),
-                                  "RUN_ID": f"{name}-{index}"})
+                                  "RUN_ID": run_id_of(name, index, grid.combination(index))})
         assert resolved == expected
-        assert resolved.run_id == f"{name}-{index}"
+        assert re.fullmatch(rf"{name}-{index}-[0-9a-f]{{8}}", resolved.run_id)
         assert tf_config_from_indexed_job(sweep_environ(pod)) is None
     assert len({load_settings(sweep_environ({**settings, **pod_environ(
         container, name, i), "SWEEP_GRID": str(tmp_path / key)})).learning_rate
@@ -213,7 +216,8 @@ def test_pod_i_resolves_to_combination_i(run_id: str | None, tmp_path: Path) -> 
 # --- comparing a sweep's runs (no training) -------------------------------------------------
 
 def _fake_run(store: Path, run_id: str, learning_rate: float, values: list[float],
-              finished: bool = True, monitor: str = "val_loss") -> None:
+              finished: bool = True, monitor: str = "val_loss",
+              created: str = "2026-12-05T22:00:00Z") -> None:
     folder = store / run_id
     folder.mkdir(parents=True)
     history = [{"epoch": e, "loss": v, "accuracy": 0.5, "val_loss": v, "val_accuracy": 1 - v,
@@ -222,7 +226,7 @@ def _fake_run(store: Path, run_id: str, learning_rate: float, values: list[float
     (folder / "history.json").write_text(json.dumps(history, sort_keys=True))
     (folder / "config.json").write_text(json.dumps({"settings": {
         "run_id": run_id, "backbone": "VGG16", "learning_rate": learning_rate,
-        "monitor": monitor, "epochs": 3}}))
+        "monitor": monitor, "epochs": 3}, "created": created}))
     if finished:
         best = min(values)
         (folder / "manifest.json").write_text(json.dumps({
@@ -252,6 +256,24 @@ def test_sweep_runs_are_ranked_by_best_value_with_their_varying_settings(tmp_pat
     assert not re.search(r"https?://", page)
     with pytest.raises(Exception, match="no runs of sweep nope"):
         collect_runs(LocalStore(str(tmp_path)), "nope")
+
+
+def test_a_combination_s_run_id_follows_its_settings() -> None:
+    """Its digest is of the values as parsed, so only a changed value gives a new run id."""
+    one = run_id_of("lr", 1, {"BACKBONE": "VGG16", "LEARNING_RATE": "1e-3"})
+    assert re.fullmatch(r"lr-1-[0-9a-f]{8}", one)
+    assert run_id_of("lr", 1, {"LEARNING_RATE": "0.001", "BACKBONE": "vgg16"}) == one
+    assert run_id_of("lr", 1, {"BACKBONE": "VGG16", "LEARNING_RATE": "3e-4"}) != one
+    assert run_id_of("lr", 1, {"BACKBONE": "VGG16", "LEARNING_RATE": "1e-3", "SEED": "1"}
+                     ) != one
+
+
+def test_an_edited_grid_s_runs_replace_the_old_ones_of_their_index(tmp_path: Path) -> None:
+    _fake_run(tmp_path, "lr-0-0000aaaa", 1e-2, [0.9])
+    _fake_run(tmp_path, "lr-1-0000bbbb", 1e-3, [0.7])
+    _fake_run(tmp_path, "lr-1-0000cccc", 3e-4, [0.8], created="2026-12-05T23:00:00Z")
+    runs = collect_runs(LocalStore(str(tmp_path)), "lr")
+    assert sorted(r.run_id for r in runs) == ["lr-0-0000aaaa", "lr-1-0000cccc"]
 
 
 def test_format_in_the_page_matches_the_run_report() -> None:
@@ -289,18 +311,23 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_a_local_sweep_trains_each_combination_as_its_own_run(swept: dict) -> None:
     root = swept["root"]
-    for index, rate in enumerate((1e-3, 1e-4)):
-        config = json.loads((root / f"lr-{index}" / "config.json").read_text())
+    run_ids = _run_ids(root)
+    assert [run_id[:5] for run_id in run_ids] == ["lr-0-", "lr-1-"]
+    for run_id, rate in zip(run_ids, (1e-3, 1e-4), strict=True):
+        config = json.loads((root / run_id / "config.json").read_text())
         assert config["settings"]["learning_rate"] == rate
-        assert config["settings"]["run_id"] == f"lr-{index}"
-        assert json.loads((root / f"lr-{index}" / "manifest.json").read_text())[
-            "status"] == "finished"
+        assert config["settings"]["run_id"] == run_id
+        assert json.loads((root / run_id / "manifest.json").read_text())["status"] == "finished"
     # Again: both are finished, nothing trains.
     again = trainer("sweep", str(swept["grid"]), "--name", "lr", env=swept["env"])
     assert again.returncode == 0, again.stderr
     skipped = [json.loads(line) for line in again.stdout.splitlines()
                if line.startswith("{") and "already finished" in line]
-    assert [line["run_id"] for line in skipped] == ["lr-0", "lr-1"]
+    assert [line["run_id"] for line in skipped] == run_ids
+
+
+def _run_ids(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
 def test_trainer_runs_lists_the_sweep_side_by_side(swept: dict) -> None:
@@ -310,7 +337,7 @@ def test_trainer_runs_lists_the_sweep_side_by_side(swept: dict) -> None:
     header, *rows = result.stdout.strip().splitlines()
     assert header.split() == ["RUN_ID", "STATUS", "EPOCHS", "LEARNING_RATE", "BEST",
                               "BEST_EPOCH"]
-    assert sorted(row.split()[0] for row in rows) == ["lr-0", "lr-1"]
+    assert sorted(row.split()[0] for row in rows) == _run_ids(swept["root"])
     best = [float(row.split()[4].split("=")[1]) for row in rows]
     assert best == sorted(best, reverse=True)  # val_accuracy: best first
 
@@ -343,8 +370,8 @@ def test_the_sweep_page_in_headless_chromium(swept: dict, tmp_path: Path) -> Non
     headers = re.findall(r"<th>([^<]*)</th>", dom)
     assert headers == ["run", "status", "epochs", "LEARNING_RATE", "best val_accuracy",
                        "best epoch"]
-    rows = re.findall(r"<tr><td>(lr-\d)</td><td>finished</td><td>1</td><td>([^<]*)</td>"
-                      r"<td>([^<]*)</td>", dom)
+    rows = re.findall(r"<tr><td>(lr-\d)-[0-9a-f]{8}</td><td>finished</td><td>1</td>"
+                      r"<td>([^<]*)</td><td>([^<]*)</td>", dom)
     assert sorted(rows) == [("lr-0", "0.001", rows[0 if rows[0][0] == "lr-0" else 1][2]),
                             ("lr-1", "0.0001", rows[0 if rows[0][0] == "lr-1" else 1][2])]
     best = [float(value) for _, _, value in rows]
@@ -353,3 +380,26 @@ def test_the_sweep_page_in_headless_chromium(swept: dict, tmp_path: Path) -> Non
     local = trainer("report", "--sweep", "lr", "--to", str(tmp_path / "lr.html"),
                     "--artifact-uri", str(swept["root"]), env=swept["env"])
     assert local.returncode == 0 and (tmp_path / "lr.html").read_text() == page.read_text()
+
+
+def test_a_sweep_of_an_edited_grid_trains_what_changed(swept: dict) -> None:
+    """(This module's last test: it adds a run to the sweep.) The second learning rate edited:
+    the first combination is skipped, the second trains as a new run, and the sweep's listing
+    shows the current grid."""
+    before = _run_ids(swept["root"])
+    edited = swept["folder"] / "edited" / "lr.json"
+    edited.parent.mkdir()
+    grid = json.loads(swept["grid"].read_text())
+    edited.write_text(json.dumps({**grid, "LEARNING_RATE": ["1e-3", "3e-4"]}))
+    again = trainer("sweep", str(edited), "--name", "lr", env=swept["env"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    skipped = [json.loads(line)["run_id"] for line in again.stdout.splitlines()
+               if line.startswith("{") and "already finished" in line]
+    (new,) = set(_run_ids(swept["root"])) - set(before)
+    assert skipped == before[:1] and new.startswith("lr-1-")
+    config = json.loads((swept["root"] / new / "config.json").read_text())
+    assert config["settings"]["learning_rate"] == 3e-4
+    listed = trainer("runs", "--sweep", "lr", "--artifact-uri", str(swept["root"]),
+                     env=swept["env"])
+    assert sorted(row.split()[0] for row in listed.stdout.strip().splitlines()[1:]) == [
+        before[0], new]

@@ -12,7 +12,7 @@ The recipe is on top, the parts it is made of are below it, one subpackage per c
       loop, recipe          the compiled steps; phases and the learning-rate schedule
       control, state        SIGTERM and lost peers; the resume state
       outputs, finish       what the chief writes, and when; the end of a run
-      runs, sweep           using runs: listing, fetching; grids of runs
+      runs, sweep, grid     using runs: listing, fetching; grids of runs and their files
       settings, errors,     the foundation every part may import: the frozen settings, the
       logs, redaction       exceptions with their exit codes, JSON logs, secrets kept out
       data/                 datasets, from a location to batches on the devices

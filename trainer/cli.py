@@ -18,9 +18,9 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -28,65 +28,23 @@ from trainer.cluster.platforms import record_failure
 from trainer.data.load import fetch_dataset, remote_dataset
 from trainer.data.shards import default_cache_bytes
 from trainer.data.tfrecords import Remote
-from trainer.errors import INTERNAL_ERROR, ConfigError, TrainerError
+from trainer.errors import INTERNAL_ERROR, ConfigError, DataError, TrainerError, first_line
+from trainer.flags import (
+    OPTIONS_BY_FIELD,
+    flag_spelling,
+    open_run_store,
+    setting,
+    settings_options,
+    store_options,
+)
 from trainer.job import run_job
 from trainer.logs import filter_native_logs, setup_logging
 from trainer.redaction import redact
 from trainer.reports.sweep_page import collect_runs, sweep_lines, write_sweep_report
 from trainer.runs import fetch_run, list_runs, rebuild_report, resolve_model
 from trainer.serving.formats import check_export_runtimes, parse_formats
-from trainer.settings import OPTIONS, check_run_id, default_of, load_settings, shown_default
-from trainer.store.stores import Store, open_store
+from trainer.settings import check_run_id, default_of, load_settings
 from trainer.sweep import check_name, run_sweep, sweep_environ
-
-OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _flag_spelling(token: str) -> str:
-    """`--learning_rate` as `--learning-rate`: Vertex AI passes tuned hyperparameters as
-    `--name=value`, and Google's samples name them with underscores."""
-    return token.replace("_", "-").lower()
-
-
-def _settings_options(command: F) -> F:
-    """One flag per setting, e.g. --batch-size for BATCH_SIZE, resolved by load_settings."""
-    for option in reversed(OPTIONS):
-        command = click.option(
-            option.flag, option.field, default=None, metavar="TEXT",
-            help=f"{option.help} [env var: {option.variable}; "
-                 f"default: {shown_default(option)}]",
-        )(command)
-    return command
-
-
-def _setting(field: str, default: Any = None, help: str | None = None) -> Callable[[F], F]:
-    """A command's option for one setting: the same flag, variable and validation as in
-    `trainer train`, and the same default unless `default` is given."""
-    option = OPTIONS_BY_FIELD[field]
-    fallback = default_of(option) if default is None else default
-
-    def parse(context: click.Context, parameter: click.Parameter, text: str | None) -> Any:
-        return fallback if text in (None, "") else option.parse(option.variable, text)
-
-    return click.option(option.flag, field, envvar=option.variable, show_envvar=True,
-                        default=None, callback=parse, metavar="TEXT",
-                        help=f"{help or option.help} [default: "
-                             f"{shown_default(option) if default is None else default}]")
-
-
-def _store_options(command: F) -> F:
-    """Where runs are kept: --artifact-uri, and the S3 endpoint and addressing style."""
-    for decorate in reversed((_setting("artifact_uri"), _setting("s3_endpoint_url"),
-                              _setting("s3_addressing_style"), _setting("log_level", "WARNING"))):
-        command = decorate(command)
-    return command
-
-
-def _store(options: dict[str, Any]) -> Store:
-    setup_logging(options.pop("log_level"))
-    return open_store(options.pop("artifact_uri"), options.pop("s3_endpoint_url"),
-                      options.pop("s3_addressing_style"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -94,8 +52,8 @@ def cli() -> None:
     """Train keras.applications image classifiers, and fetch and use what they learned."""
 
 
-@cli.command(context_settings={"token_normalize_func": _flag_spelling})
-@_settings_options
+@cli.command(context_settings={"token_normalize_func": flag_spelling})
+@settings_options
 def train(**flags: str | None) -> None:
     """Run the training job (the container runs the same with `python entrypoint.py`)."""
     # A pod of the sweep overlay: its completion index picks its combination of the grid.
@@ -107,12 +65,12 @@ def train(**flags: str | None) -> None:
 
 @cli.command()
 @click.option("--sweep", default=None,
-              help="Only this sweep's runs (<NAME>-<index>), side by side with their varying "
-              "settings, best first.")
-@_store_options
+              help="Only this sweep's runs (<NAME>-<index>-<digest>, the newest of each index), "
+              "side by side with their varying settings, best first.")
+@store_options
 def runs(sweep: str | None, **options: Any) -> None:
     """List runs: id, status, epochs done, best value."""
-    store = _store(options)
+    store = open_run_store(options)
     if sweep:
         for line in sweep_lines(collect_runs(store, sweep)):
             click.echo(line)
@@ -125,10 +83,10 @@ def runs(sweep: str | None, **options: Any) -> None:
 @click.argument("run_id")
 @click.option("--to", "destination", type=click.Path(file_okay=False), default=".",
               show_default=True, help="Folder to download into; files go to DIR/RUN_ID/.")
-@_store_options
+@store_options
 def fetch(run_id: str, destination: str, **options: Any) -> None:
     """Download a run's best.h5 and metadata, verified against its manifest's sha256."""
-    folder = fetch_run(_store(options), check_run_id(run_id), Path(destination))
+    folder = fetch_run(open_run_store(options), check_run_id(run_id), Path(destination))
     click.echo(f"{folder / 'best.h5'}")
 
 
@@ -137,15 +95,23 @@ def fetch(run_id: str, destination: str, **options: Any) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1, 100),
               help="How many classes to show per image.")
-@_store_options
+@store_options
 def predict(model: str, images: tuple[str, ...], top: int, **options: Any) -> None:
     """Top classes of IMAGES, by class name; MODEL is a run id, an .h5 path, an exported
     SavedModel folder or an ONNX file."""
     from trainer.serving.predict import predict_images  # TensorFlow
 
-    path = resolve_model(model, _store(options))
+    path = resolve_model(model, open_run_store(options))
+    unreadable = []
     for image, ranked in predict_images(path, [Path(i) for i in images], top):
-        click.echo(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
+        if isinstance(ranked, DataError):  # a row of its own; the others are predicted
+            unreadable.append(image)
+            click.echo(f"{image}: error: {ranked}")
+        else:
+            click.echo(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
+    if unreadable:
+        raise DataError(f"IMAGE: {len(unreadable)} of {len(images)} images could not be read "
+                        f"({', '.join(unreadable)}); the others are predicted above")
 
 
 @cli.command()
@@ -157,22 +123,23 @@ def predict(model: str, images: tuple[str, ...], top: int, **options: Any) -> No
               help="val: the dataset's validation or test split (else VALIDATION_SPLIT of its "
               "images, as training holds out; a run's own SEED and VALIDATION_SPLIT when MODEL "
               "is a run); all: every image.")
-@_setting("validation_split")
-@_setting("seed")
-@_setting("dataset_mirror")
-@_setting("bad_images")
-@_setting("dataset_format")
-@_setting("data_cache_bytes")
-@_setting("work_dir", help="Local folder where an s3:// DATASET is fetched (or streamed).")
-@_store_options
+@setting("validation_split")
+@setting("seed")
+@setting("dataset_mirror")
+@setting("bad_images")
+@setting("dataset_format")
+@setting("data_cache_bytes")
+@setting("work_dir", help="Local folder where an s3:// DATASET is fetched (or streamed).")
+@store_options
 def evaluate(model: str, dataset: str, destination: str, split: str, validation_split: float,
              seed: int, dataset_mirror: str | None, bad_images: Any, dataset_format: str | None,
              data_cache_bytes: int | None, work_dir: str, **options: Any) -> None:
     """Metrics and pictures of MODEL (a run id or an .h5) on DATASET (anything DATASET takes)."""
     from trainer.reports.evaluation import evaluate_model  # TensorFlow
 
+    dataset = OPTIONS_BY_FIELD["dataset"].parse("DATASET", dataset)
     endpoint, style = options["s3_endpoint_url"], options["s3_addressing_style"]
-    path = resolve_model(model, _store(options))
+    path = resolve_model(model, open_run_store(options))
     remote = Remote(endpoint, style, str(Path(work_dir) / "stream-cache" / "evaluate"),
                     data_cache_bytes or default_cache_bytes(work_dir),
                     default_of(OPTIONS_BY_FIELD["upload_timeout"]))
@@ -193,7 +160,7 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
               help="none, or a comma list of savedmodel, onnx, litert.")
 @click.option("--to", "destination", type=click.Path(file_okay=False), default=None,
               help="Folder for the exports.  [default: export/ beside MODEL.h5, or RUN_ID/export]")
-@_store_options
+@store_options
 def export_command(model: str, formats: str, destination: str | None, **options: Any) -> None:
     """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
     differs)."""
@@ -202,7 +169,7 @@ def export_command(model: str, formats: str, destination: str | None, **options:
     chosen = parse_formats(formats, "--format")
     check_export_runtimes(chosen)
     is_file = model.endswith(".h5") or Path(model).is_file()
-    path = resolve_model(model if is_file else check_run_id(model), _store(options))
+    path = resolve_model(model if is_file else check_run_id(model), open_run_store(options))
     if path.suffix != ".h5":
         raise ConfigError(f"MODEL {model} is not an .h5 file or a run id")
     name = model if not is_file else (path.parent.name if path.stem == "best" else path.stem)
@@ -233,32 +200,33 @@ def export_command(model: str, formats: str, destination: str | None, **options:
               "<NAME>.html next to them.")
 @click.option("--to", "destination", type=click.Path(dir_okay=False), default=None,
               help="With --sweep: write the page to this local file instead.")
-@_store_options
+@store_options
 def report(run_id: str | None, sweep: str | None, destination: str | None,
            **options: Any) -> None:
     """Rebuild a run's report.html from its files, in the store; or compare a sweep's runs."""
     if run_id is None:
         if not sweep:
             raise click.UsageError("give a RUN_ID, or --sweep NAME")
-        click.echo(write_sweep_report(_store(options), check_name(sweep, "--sweep"),
+        click.echo(write_sweep_report(open_run_store(options), check_name(sweep, "--sweep"),
                                       Path(destination) if destination else None))
         return
-    click.echo(rebuild_report(_store(options), check_run_id(run_id)))
+    click.echo(rebuild_report(open_run_store(options), check_run_id(run_id)))
 
 
 @cli.command()
 @click.argument("grid", type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", default=None,
-              help="The sweep's name; its runs are <NAME>-<index>. Default: GRID's file name "
-              "without extension.")
+              help="The sweep's name; its runs are <NAME>-<index>-<digest>. Default: GRID's file "
+              "name without extension.")
 def sweep(grid: str, name: str | None) -> None:
     """Run every combination of a grid of settings, one after another.
 
     GRID is a JSON or YAML file that maps setting variables to a list of values (a dimension of
     the grid) or to one value (the same in every run), e.g. {"BACKBONE": ["VGG16",
     "MobileNetV2"], "LEARNING_RATE": ["1e-3", "1e-4"], "EPOCHS": 3}. Combination i (in the
-    file's order, the last list varying fastest) runs as RUN_ID <NAME>-<i>; other settings come
-    from the environment. Finished runs are skipped, so running it again continues a sweep.
+    file's order, the last list varying fastest) runs as RUN_ID <NAME>-<i>-<digest of its
+    settings>; other settings come from the environment. Finished runs are skipped, so running
+    it again continues a sweep, and after an edit of GRID trains the combinations that changed.
     """
     settings = load_settings(os.environ)
     setup_logging(settings.log_level, settings.log_format)
@@ -299,9 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainerError as error:
         return _fail(str(error), error.exit_code, debug)
     except Exception as error:  # noqa: BLE001 - every bug becomes exit 1 with one line
-        detail = " ".join(str(error).split())[:300]
-        return _fail(f"internal error: {type(error).__name__}: {detail}; rerun with "
-                     "LOG_LEVEL=DEBUG for the traceback and report it", INTERNAL_ERROR, debug)
+        return _fail(f"internal error: {type(error).__name__}: {first_line(error)}; rerun "
+                     "with LOG_LEVEL=DEBUG for the traceback and report it", INTERNAL_ERROR,
+                     debug)
 
 
 def _fail(message: str, code: int, debug: bool) -> int:

@@ -40,6 +40,14 @@ class UploadsUnfinished(TransientError):
     """Storage stayed unreachable for UPLOAD_TIMEOUT: the files are kept locally."""
 
 
+class ExportFailed(TrainerError):
+    """A serving export that EXPORT asked for failed (its converter or its check): the run's
+    other artifacts are stored, the broken export is not. Exit 1, as for a bug: every backbone
+    that builds is meant to export to every format; a retry runs the export again."""
+
+    exit_code = 1
+
+
 class Terminated(TrainerError):
     """Stopped by SIGTERM after saving the state a restart resumes from."""
 
@@ -47,6 +55,15 @@ class Terminated(TrainerError):
 
 
 INTERNAL_ERROR = 1
+
+
+def first_line(error: BaseException) -> str:
+    """The cause to quote in a failure line: the error's first non-empty line, whole (a cut
+    at N characters leaves "Name or service not"), else its class name."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return " ".join(line.split())
+    return type(error).__name__
 
 
 def is_network_outage(error: BaseException) -> bool:

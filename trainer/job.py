@@ -21,10 +21,10 @@ from trainer.data.load import Dataset, fetch_dataset, load_dataset, remote_datas
 from trainer.data.shards import default_cache_bytes
 from trainer.data.stream_failures import stream_failures_raised
 from trainer.data.tfrecords import Remote
-from trainer.errors import TrainerError
+from trainer.errors import ConfigError, TrainerError
 from trainer.logs import get_logger
 from trainer.serving.formats import check_export_runtimes
-from trainer.settings import Settings
+from trainer.settings import Settings, changed_settings
 from trainer.store.failures import UNRECOVERABLE, clear_failure, record_failure
 from trainer.store.stores import Store, key_in, open_store
 
@@ -37,6 +37,7 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
     store.check_writable()
     check_export_runtimes(settings.export_formats)
     if finished(store, settings.run_key):
+        check_same_settings(store, settings)
         log.info("run already finished; nothing to do", extra={"run_id": settings.run_id})
         return
     log.info("starting run", extra={"run_id": settings.run_id, "artifact_uri": store.uri})
@@ -95,6 +96,25 @@ def finished(store: Store, run_id: str) -> bool:
         return json.loads(raw).get("status") == "finished"
     except ValueError:
         return False
+
+
+def check_same_settings(store: Store, settings: Settings) -> None:
+    """ConfigError (exit 2) naming each setting, with both values, that differs from those the
+    finished run was made with (its config.json): "nothing to do" would be a success for a
+    request that was not done."""
+    raw = store.read_bytes(key_in(settings.run_key, "config.json"))
+    try:
+        saved = json.loads(raw)["settings"] if raw is not None else {}
+    except (ValueError, KeyError, TypeError):
+        saved = {}
+    changed = changed_settings(saved if isinstance(saved, dict) else {}, settings)
+    if changed:
+        hint = ("; for other exports of it: trainer export " + settings.run_key
+                if all(line.startswith("EXPORT ") for line in changed) else "")
+        raise ConfigError(
+            f"RUN_ID={settings.run_key} already finished with other settings "
+            f"({'; '.join(changed)}); give a new RUN_ID to train with these, or the run's own "
+            f"settings (its config.json) to leave it as it is{hint}")
 
 
 def fetch_if_remote(settings: Settings, location: str, kind: str) -> str:

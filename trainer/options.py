@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.locations import location, size_in_bytes
 from trainer.models.backbones import NOT_HDF5_LOADABLE, canonical_name
 from trainer.serving.formats import FORMATS, parse_formats
 
@@ -128,15 +129,16 @@ def _optional_text(variable: str, text: str) -> str | None:
 
 
 def _artifact_uri(variable: str, text: str) -> str:
+    return location(variable, text, "a local folder, file:///absolute/folder or "
+                    "s3://bucket[/prefix]")
+
+
+def _dataset(variable: str, text: str) -> str:
     value = _text(variable, text)
-    if "://" in value and not value.startswith("s3://"):
-        raise _fail(variable, text, "give a local folder or s3://bucket[/prefix]")
-    if value.startswith("s3://"):
-        bucket = value[5:].split("/", 1)[0]
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-            raise _fail(variable, text, "the bucket name after s3:// must be 3-63 characters of "
-                        "a-z, 0-9, '.' and '-'")
-    return value
+    if value.lower() in BUILTIN_DATASETS:
+        return value
+    return location(variable, text, "a built-in name (" + ", ".join(BUILTIN_DATASETS) + "), a "
+                    "local path, file:///absolute/path or s3://bucket/key")
 
 
 def check_run_id(text: str, variable: str = "RUN_ID") -> str:
@@ -152,34 +154,24 @@ def _run_id(variable: str, text: str) -> str:
     return value
 
 
-_BYTE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-               "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def _bytes(variable: str, text: str) -> int:
-    """A size: bytes, or with a unit as Kubernetes writes them (500M, 20Gi, 1.5T; a trailing B
-    is allowed)."""
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
-    if not found or int(float(found[1]) * _BYTE_UNITS[found[2] or ""]) < 1:
-        raise _fail(variable, text, "give a size in bytes >= 1, e.g. 50000000000, 50G or 40Gi")
-    return int(float(found[1]) * _BYTE_UNITS[found[2] or ""])
-
-
 def _weights(variable: str, text: str) -> str:
     value = _text(variable, text)
-    return value.lower() if value.lower() in ("imagenet", "none") else value
+    if value.lower() in ("imagenet", "none"):
+        return value.lower()
+    return location(variable, text, "imagenet, none, a local path, file:///absolute/path or "
+                    "s3://bucket/key of a weights file")
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("dataset", "DATASET", "Built-in name (" + ", ".join(BUILTIN_DATASETS) + ") or a local "
            "path / s3:// URI of an .npz, an image folder, or a folder of TFRecord, WebDataset "
-           "(.tar) or Parquet shards (s3:// shards are streamed, never fetched whole).", _text),
+           "(.tar) or Parquet shards (s3:// shards are streamed, never fetched whole).", _dataset),
     Option("dataset_format", "DATASET_FORMAT", "Only where a DATASET's files leave it "
            "ambiguous: npz, folder, tfrecord, webdataset or parquet.",
            _choice("npz", "folder", "tfrecord", "webdataset", "parquet"), "detected"),
     Option("data_cache_bytes", "DATA_CACHE_BYTES", "Local disk for shards streamed from an "
            "s3:// DATASET (the next shards are downloaded ahead, read ones deleted); bytes, or "
-           "e.g. 20G or 16Gi. At least the largest shard.", _bytes,
+           "e.g. 20G or 16Gi. At least the largest shard.", size_in_bytes,
            "half the free disk under WORK_DIR"),
     Option("dataset_mirror", "DATASET_MIRROR", "URL or local folder holding the built-in "
            "datasets' archives under their usual names, for clusters without internet.",

@@ -1,8 +1,7 @@
 """What a run leaves behind, in the order that makes it safe to read at any moment.
 
-Only the chief writes: `ChiefOutputs` writes and publishes the run's files, `WorkerOutputs` is
-its do-nothing twin for the other workers, so the training code never asks who it is. The order,
-and why:
+Only the chief writes (`ChiefOutputs`); `WorkerOutputs` is its do-nothing twin for the other
+workers, so the training code never asks who it is. The order, and why:
 1. `config.json` and `samples.png` at the start;
 2. after each epoch: the resume state first (what a restart trusts), then `best.h5` when the
    epoch is the best (a restart between the two republishes it from the state), then the
@@ -10,8 +9,7 @@ and why:
    epoch is done";
 3. at the end: the evaluation and the report, every upload finished, then `manifest.json`,
    which lists every artifact with its sha256 and says the run finished.
-No TensorFlow here: the model, the checkpoint and the evaluation come from the caller.
-"""
+No TensorFlow here: the model, the checkpoint and the evaluation come from the caller."""
 
 from __future__ import annotations
 
@@ -28,6 +26,7 @@ from trainer.errors import TrainerError
 from trainer.logs import get_logger
 from trainer.reports.plots import save_curves, save_samples
 from trainer.reports.run_page import build_report
+from trainer.serving.formats import export_failure
 from trainer.settings import Settings
 from trainer.state import LoopState, keep_best, restore_best, save_state
 from trainer.store.artifacts import EVALUATION_FILES, HistoryRow, RunArtifacts
@@ -194,6 +193,7 @@ class ChiefOutputs:
                                           ("accuracy", "macro_f1", "top5_accuracy")
                                           if key in metrics}})
         exports = self._export(export)
+        failed = {kind: result for kind, result in exports.items() if result["status"] == "failed"}
         if self.tracker is not None:
             files = [artifacts.path(name) for name in ("best.h5", "export", "report.html",
                                                        "curves.png", "metrics.json")]
@@ -201,11 +201,15 @@ class ChiefOutputs:
             self.tracker.register_model()
             self._end_tracking("FINISHED")
         artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
+        summary["status"] = "failed" if failed else "finished"  # a re-run retries the export
         manifest = artifacts.manifest(**summary, epochs_done=len(state.history),
                                       stopped_early=len(state.history) < settings.total_epochs,
                                       exports=exports)
         artifacts.write_json("manifest.json", manifest)
         artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
+        if failed:
+            raise export_failure(failed, settings.run_id, artifacts.store.uri.rstrip("/") + "/"
+                                 + artifacts.key(""))
         return artifacts.key("best.h5")
 
     def _export(self, export: Export) -> dict[str, dict[str, Any]]:

@@ -61,25 +61,36 @@ def fetch_run(store: Store, run_id: str, destination: Path) -> Path:
     folder = (root / run_id).resolve()
     if root not in folder.parents:
         raise DataError(f"run id {run_id} would write outside {root}; give a plain run id")
+    root.mkdir(parents=True, exist_ok=True)
+    # Into a temporary folder beside it, renamed into place once every file is verified: a
+    # fetch that fails leaves nothing partial (and an earlier complete copy as it was).
+    with tempfile.TemporaryDirectory(prefix=f".{run_id}.", dir=root) as scratch:
+        partial = Path(scratch) / run_id
+        _fetch_files(store, run_id, manifest, partial)
+        if folder.exists():
+            folder.rename(Path(scratch) / "replaced")
+        partial.rename(folder)
+    return folder
+
+
+def _fetch_files(store: Store, run_id: str, manifest: dict, folder: Path) -> None:
     listed = manifest.get("artifacts", {})
     # The evaluation, the report and the TensorBoard files too, where the run has them.
     extras = [name for name in listed if name in OPTIONAL_FETCHED or name.startswith(
         ("tensorboard/", "export/"))]
+    folder.mkdir()
     for name in (*FETCHED, *extras):
         target = (folder / name).resolve()
-        if folder not in target.parents:
+        if folder.resolve() not in target.parents:
             raise DataError(f"{name} would be written outside {folder}")
         if name == "manifest.json":
-            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(manifest, indent=2, sort_keys=True))
             continue
         if name not in listed or not store.get_file(f"{run_id}/{name}", target):
             raise StorageError(f"run {run_id} has no {name} in {store.uri}")
         if sha256_of(target) != listed[name]["sha256"]:
-            target.unlink()
             raise DataError(f"{name} of run {run_id} does not match the sha256 in its manifest; "
                             "fetch it again, and if it persists the stored copy is damaged")
-    return folder
 
 
 def rebuild_report(store: Store, run_id: str) -> str:

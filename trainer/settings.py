@@ -27,6 +27,15 @@ MONITORS: dict[str, Literal["max", "min"]] = {"val_accuracy": "max", "val_loss":
 # Built-ins of natural photos, which flips and shifts leave true; anything else (digits, a user's
 # own data the job cannot know to be photos) is augmented only when AUGMENT asks for it.
 AUGMENTED_DATASETS = ("cifar10", "cifar100")
+# The settings that change what a run makes (its data, model, numbers or exports): a finished
+# run re-run with another value of one of them did not do what was asked. The rest (where and
+# how it is stored, logged, timed, compiled) leave the result as it is.
+RESULT_SETTINGS = (
+    "dataset", "backbone", "pooling", "epochs", "batch_size", "image_size", "weights",
+    "learning_rate", "validation_split", "monitor", "seed", "cpu_replicas", "fine_tune_epochs",
+    "fine_tune_layers", "fine_tune_learning_rate", "lr_schedule", "warmup_epochs",
+    "label_smoothing", "early_stopping_patience", "augment", "precision", "batch_norm_sync",
+    "bad_images", "export")
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,19 @@ class Settings:
                 for name, value in dataclasses.asdict(self).items()}
 
 
+def changed_settings(saved: Mapping[str, Any], settings: Settings) -> list[str]:
+    """Each result setting whose value differs from `saved` (a run's config.json settings), as
+    `VARIABLE old -> new`; settings that `saved` does not hold (an older run's) are not compared."""
+    variables = {option.field: option.variable for option in OPTIONS}
+    current = settings.public_dict()
+    return [f"{variables[name]} {_shown(saved[name])} -> {_shown(current[name])}"
+            for name in RESULT_SETTINGS if name in saved and saved[name] != current[name]]
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else str(value)
+
+
 def default_of(option: Option) -> Any:
     """The value a setting has when neither its flag nor its variable is given."""
     return Settings.__dataclass_fields__[option.field].default
@@ -186,5 +208,5 @@ def generate_run_id(settings: Settings, now: float | None = None) -> str:
     return f"{stamp}-{slug}"[:128].rstrip("-.")
 
 
-__all__ = ["OPTIONS", "Settings", "check_run_id", "default_of", "load_settings",
-           "shown_default"]
+__all__ = ["OPTIONS", "Settings", "changed_settings", "check_run_id", "default_of",
+           "load_settings", "shown_default"]

@@ -1,6 +1,6 @@
 """Sweeps: a grid of settings, one run per combination, locally or as a Kubernetes Indexed Job.
 
-    trainer sweep lr.yaml --name lr-sweep    # lr-sweep-0, lr-sweep-1, ... one after another
+    trainer sweep lr.yaml --name lr-sweep    # lr-sweep-0-<digest>, ... one after another
     trainer runs --sweep lr-sweep            # side by side, best first
     trainer report --sweep lr-sweep          # one HTML page comparing them
 
@@ -14,8 +14,9 @@ any other value is the same for every combination:
 
 The combinations are the product of the lists in the file's order, the last varying fastest:
 here 0 = VGG16 1e-3, 1 = VGG16 1e-4, 2 = MobileNetV2 1e-3, 3 = MobileNetV2 1e-4. Combination i
-is run `<sweep>-<i>` (RUN_ID); the grid's values beat the environment's. A re-run skips the
-finished ones, so a sweep that stopped is continued by running it again.
+is run `<sweep>-<i>-<digest>` (RUN_ID), the digest of its own grid settings; the grid's values
+beat the environment's. A re-run skips the finished ones, so a sweep that stopped is continued
+by running it again, and a grid edited since trains the combinations whose settings changed.
 
 On Kubernetes (k8s/overlays/sweep) pod i of an Indexed Job resolves its settings with
 `sweep_environ` from two variables of its own and the index Kubernetes sets:
@@ -27,8 +28,6 @@ A sweep's pods are single-worker runs: WORKER_COUNT (multi-node) must not be set
 
 from __future__ import annotations
 
-import itertools
-import json
 import re
 import signal
 import subprocess
@@ -39,11 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainer.errors import ConfigError, Terminated, TrainerError
+from trainer.grid import Grid, combination_digest, load_grid
+from trainer.job import check_same_settings, finished
 from trainer.logs import get_logger
-from trainer.settings import OPTIONS, load_settings
+from trainer.settings import load_settings
 from trainer.store.stores import open_store
 
 GRID_VARIABLE = "SWEEP_GRID"
@@ -52,93 +51,20 @@ INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 STOPPED = (130, 143)
 
 
-@dataclass(frozen=True)
-class Grid:
-    """The lists to combine (in the file's order) and the settings every combination has."""
-
-    varying: dict[str, list[str]]
-    fixed: dict[str, str]
-
-    def __len__(self) -> int:
-        count = 1
-        for values in self.varying.values():
-            count *= len(values)
-        return count
-
-    def combination(self, index: int) -> dict[str, str]:
-        """Combination `index`'s settings (fixed and varying), as variables."""
-        if not 0 <= index < len(self):
-            raise ConfigError(f"combination {index} does not exist: the grid has {len(self)} "
-                              f"(0 to {len(self) - 1})")
-        return self.combinations()[index]
-
-    def combinations(self) -> list[dict[str, str]]:
-        names = list(self.varying)
-        return [{**self.fixed, **dict(zip(names, values, strict=True))}
-                for values in itertools.product(*self.varying.values())]
-
-
-def load_grid(path: str | Path) -> Grid:
-    """Read and check a grid file; ConfigError naming what is wrong."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"sweep grid {path}: {error.strerror}; give the path of a JSON or "
-                          "YAML grid file") from None
-    try:
-        content = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except ValueError as error:  # json.JSONDecodeError and yaml.YAMLError are ValueErrors
-        raise ConfigError(f"sweep grid {path} is not valid JSON/YAML: "
-                          f"{' '.join(str(error).split())[:200]}") from None
-    return parse_grid(content, str(path))
-
-
-def parse_grid(content: Any, source: str = "the grid") -> Grid:
-    if not isinstance(content, dict) or not content:
-        raise ConfigError(f"sweep grid {source}: give a mapping of setting variables to a "
-                          "value or a list of values, e.g. LEARNING_RATE: [\"1e-3\", \"1e-4\"]")
-    variables = {o.variable for o in OPTIONS} - {"RUN_ID"}
-    unknown = sorted(str(k) for k in content if k not in variables)
-    if unknown:
-        hint = (" (each combination's RUN_ID is <sweep>-<index>)" if "RUN_ID" in unknown
-                else "")
-        raise ConfigError(f"sweep grid {source}: {', '.join(unknown)} is not a setting "
-                          f"variable{hint}; use the variables of `trainer train --help`")
-    varying: dict[str, list[str]] = {}
-    fixed: dict[str, str] = {}
-    for name, value in content.items():
-        if isinstance(value, list):
-            if not value:
-                raise ConfigError(f"sweep grid {source}: {name} has an empty list")
-            varying[name] = [_text(source, name, v) for v in value]
-        else:
-            fixed[name] = _text(source, name, value)
-    return Grid(varying, fixed)
-
-
-def _text(source: str, name: str, value: Any) -> str:
-    if isinstance(value, bool):
-        raise ConfigError(f"sweep grid {source}: {name}: {value} was read as a boolean (YAML "
-                          "reads on/off/yes/no so); quote it, e.g. 'on'")
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    raise ConfigError(f"sweep grid {source}: {name}: give a value or a list of values, not "
-                      f"{type(value).__name__} {value!r}")
-
-
-def run_id_of(sweep: str, index: int) -> str:
-    return f"{sweep}-{index}"
+def run_id_of(sweep: str, index: int, combination: Mapping[str, str]) -> str:
+    """`<sweep>-<index>-<digest>`: a combination whose settings change gets a new run, so an
+    edited grid trains what changed instead of finding an old run "already finished"."""
+    return f"{sweep}-{index}-{combination_digest(combination)}"
 
 
 def check_name(sweep: str, variable: str = NAME_VARIABLE) -> str:
-    """A sweep name that makes valid RUN_IDs `<sweep>-<index>` (RUN_ID's own rules)."""
+    """A sweep name that makes valid RUN_IDs `<sweep>-<index>-<digest>` (RUN_ID's rules)."""
     try:
-        valid = len(sweep) <= 120 and load_settings({"RUN_ID": run_id_of(sweep, 0)}).run_id
+        valid = len(sweep) <= 110 and load_settings({"RUN_ID": f"{sweep}-0-00000000"}).run_id
     except ConfigError:
         valid = False
     if not valid:
-        raise ConfigError(f"{variable}={sweep!r} is invalid: use at most 120 characters of a-z, "
+        raise ConfigError(f"{variable}={sweep!r} is invalid: use at most 110 characters of a-z, "
                           "0-9, '.', '_' and '-', starting with a letter or digit")
     return sweep
 
@@ -152,10 +78,10 @@ def default_name(grid_path: str | Path) -> str:
 def combination_environ(environ: Mapping[str, str], grid: Grid, sweep: str,
                         index: int) -> dict[str, str]:
     """The environment of combination `index`: the grid's settings over `environ`, RUN_ID
-    `<sweep>-<index>`, and the sweep's own variables removed (so it is not applied twice)."""
+    `<sweep>-<index>-<digest>`, and the sweep's own variables removed (not applied twice)."""
     result = {k: v for k, v in environ.items() if k not in (GRID_VARIABLE, NAME_VARIABLE)}
     result.update(grid.combination(index))
-    result["RUN_ID"] = run_id_of(sweep, index)
+    result["RUN_ID"] = run_id_of(sweep, index, grid.combination(index))
     return result
 
 
@@ -176,9 +102,8 @@ def sweep_environ(environ: Mapping[str, str]) -> dict[str, str]:
     grid = load_grid(grid_path)
     index = int(raw_index)
     if index >= len(grid):
-        raise ConfigError(f"{INDEX_VARIABLE}={index} but {grid_path} has {len(grid)} "
-                          "combinations: set the Job's completions to the number of "
-                          "combinations")
+        raise ConfigError(f"{INDEX_VARIABLE}={index} but {grid_path} has {len(grid)} combinat"
+                          "ions: set the Job's completions to the number of combinations")
     name = environ.get(NAME_VARIABLE, "").strip() or environ.get("RUN_ID", "").strip()
     if not name:
         raise ConfigError(f"{GRID_VARIABLE} is set without {NAME_VARIABLE} or RUN_ID: name the "
@@ -265,14 +190,18 @@ def _describe(combination: Mapping[str, str], grid: Grid) -> str:
 
 
 def _finished(environ: Mapping[str, str]) -> bool:
+    """Finished with these settings. One finished with others (of the environment: the grid's
+    are in its run id) is left to `trainer train`, which refuses it naming them (exit 2)."""
     settings = load_settings(environ)
     store = open_store(settings.artifact_uri, settings.s3_endpoint_url,
                        settings.s3_addressing_style)
-    raw = store.read_bytes(f"{settings.run_id}/manifest.json")
-    try:
-        return raw is not None and json.loads(raw).get("status") == "finished"
-    except ValueError:
+    if not finished(store, settings.run_id):
         return False
+    try:
+        check_same_settings(store, settings)
+    except ConfigError:
+        return False
+    return True
 
 
 def _forward_sigterm(child: list[subprocess.Popen], stop: threading.Event) -> Any:

@@ -149,7 +149,8 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     outputs.start(run_config(settings, {**metadata, **recipe, **data_report}, replicas, whole,
                              _versions()), preview(cached, image_size, worker, workers))
     reporter = TrainerStatusReporter.from_environ(environ) if cluster.is_chief else None
-    plan = Plan(settings.total_epochs, steps, evaluation_steps(cached.val, global_batch, workers))
+    plan = Plan(settings.total_epochs, steps, evaluation_steps(cached.val, global_batch, workers),
+                exports=len(settings.export_formats))
     progress = RunProgress(plan, reporter, settings.run_id)
     tuned = TunedMetric.from_environ(environ, settings.monitor) if cluster.is_chief else None
     run = Run(settings, cluster, loop, checkpoint, cached, image_size, preprocess, steps,
@@ -172,8 +173,10 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
         # 8. Epochs, then 9. the finish: evaluation, report, manifest.
         with peer_loss_is_transient(cluster), out_of_memory_is_a_setting(settings, image_size):
             state = _epochs(run, state)
-        where = outputs.finish(state, evaluator(cached, image_size, preprocess),
-                               exporter(settings, cached, image_size), stop)
+        where = outputs.finish(state, progress.after(
+            "evaluation", evaluator(cached, image_size, preprocess), plan.final_evaluation_units),
+            progress.after("exports", exporter(settings, cached, image_size), plan.export_units),
+            stop)
         progress.close()
     except (Terminated, StorageError, UploadsUnfinished):
         raise  # the uploads ended the run, or had their time already

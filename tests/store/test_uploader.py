@@ -155,6 +155,12 @@ def test_sigterm_cuts_the_final_wait_short_with_exit_143(
         uploader.flush(timeout=600, stop=stop, stop_grace=1.0)
     assert caught.value.exit_code == 143 and time.monotonic() - started < 60
     assert best.read_bytes() == b"model"
+    # What is true: a rerun does not read the local copies; where each belongs is named.
+    message = str(caught.value)
+    assert "(for s3://bucket/runs/run/best.h5)" in message, message
+    assert message.endswith("a rerun with the same RUN_ID resumes from the newest state that "
+                            "reached storage without reading them: to keep them, copy each to "
+                            "its place in storage before the rerun")
 
 
 def test_an_outage_then_its_drain_never_leave_the_store_without_a_state(

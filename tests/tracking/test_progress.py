@@ -33,8 +33,8 @@ class Clock:
 
 def test_plan_counts_every_epoch_with_its_evaluation() -> None:
     plan = Plan(epochs=4, steps_per_epoch=30, evaluation_steps=9)
-    assert plan.total == 4 * (30 + 3)
-    assert plan.done(0) == 0 and plan.done(4) == plan.total
+    assert plan.total == 4 * (30 + 3) + 3  # and the best model's evaluation at the end
+    assert plan.done(0) == 0 and plan.done(4) == plan.total - 3
     assert plan.done(2, 15) == 2 * 33 + 15
     assert plan.done(1, 99) == plan.done(2) - 3  # the steps, not yet the evaluation
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from trainer.data.arrays import from_arrays
 from trainer.data.splits import Dataset, random_split
-from trainer.errors import DataError, TransientError, is_network_outage
+from trainer.errors import DataError, TransientError, first_line, is_network_outage
 from trainer.logs import downloads_logged, get_logger
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -89,7 +89,7 @@ def _fetch(name: str, archive: Archive, mirror: str | None, cache_dir: str | Non
                                         file_hash=archive.sha256, cache_dir=cache_dir,
                                         cache_subdir=os.path.join("datasets", name))
     except Exception as error:  # noqa: BLE001 - get_file raises bare Exception on fetch failures
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        reason = first_line(error)
         if is_network_outage(error):
             raise TransientError(
                 f"DATASET={name}: could not fetch {base + archive.file_name} ({reason}); the "

@@ -26,7 +26,7 @@ from trainer.data.shard_counting import count_shards
 from trainer.data.splits import Dataset
 from trainer.data.tallies import SIDE_SAMPLE, counted, gather_rows, side_of
 from trainer.data.tfrecords import Holdout, Records, shard
-from trainer.errors import DataError
+from trainer.errors import DataError, first_line
 from trainer.logs import get_logger
 
 SCAN_THREADS = 4
@@ -74,7 +74,7 @@ def _tally_file(path: str, index: int, worker: int, workers: int, by_record: boo
             kept.add(labels[~flags], sizes[~flags])
             held.add(labels[flags], sizes[flags])
     except (tf.errors.OpError, ValueError) as error:
-        message = " ".join(str(error).split())[:200]
+        message = first_line(error)
         raise DataError(f"DATASET: {path} holds unreadable TFRecords ({message}); give records "
                         "with an `image` (encoded bytes) and an int64 `label`") from None
     if min(kept.low, held.low) < 0:

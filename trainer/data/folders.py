@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from trainer.errors import first_line
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 IGNORED_FOLDERS = ("__MACOSX",)
 # Threads for the checks: they wait on the file system (a network volume), not on the CPU.
@@ -145,7 +147,7 @@ def _decodes(path: Path) -> str | None:
         with Image.open(path) as image:
             image.load()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        detail = first_line(error)
         return f"truncated or corrupt: {detail}"
     return None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from trainer.errors import DataError
+from trainer.errors import DataError, first_line
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A PNG's first chunk is IHDR; its bit depth is byte 24 of the file.
@@ -78,7 +78,7 @@ def read(path: str | Path) -> np.ndarray:
     try:
         return decode(tf.io.read_file(str(path))).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        reason = " ".join(str(error.message).split())[:200]
+        reason = first_line(Exception(error.message))
         raise DataError(f"IMAGE {path} is not a readable JPEG, PNG, GIF or BMP image "
                         f"({reason})") from error
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from trainer.errors import ConfigError, DataError, TransientError, is_network_outage
+from trainer.errors import ConfigError, DataError, TransientError, first_line, is_network_outage
 from trainer.logs import downloads_logged
 
 
@@ -34,8 +34,8 @@ def build_classifier(backbone: str, pooling: str, image_size: int, num_classes: 
                      weights: str | None, environ: dict[str, str],
                      synchronized: bool = True) -> keras.Model:
     """`build_model` with the job's errors: settings that keras.applications refuses are exit 2;
-    ImageNet weights that cannot be downloaded, or a weights file that is missing or does not
-    fit, exit 3."""
+    ImageNet weights that cannot be downloaded or arrive corrupted, or a weights file that is
+    missing or does not fit, exit 3."""
     if weights == "imagenet":
         link_baked_weights(environ)
     elif weights is not None and not Path(weights).is_file():
@@ -46,13 +46,16 @@ def build_classifier(backbone: str, pooling: str, image_size: int, num_classes: 
             return build_model(backbone, pooling, image_size, num_classes, weights,
                                synchronized)
     except ValueError as error:
+        corrupted = corrupted_download(error, f"{backbone}'s ImageNet weights")
+        if corrupted is not None:
+            raise corrupted from error
         raise ConfigError(f"BACKBONE={backbone} cannot be built with these settings: "
-                          f"{str(error).splitlines()[0]}") from error
+                          f"{first_line(error)}") from error
     except Exception as error:
         if weights == "imagenet" and is_network_outage(error):
             raise TransientError(
                 f"WEIGHTS=imagenet: could not download {backbone}'s ImageNet weights "
-                f"({str(error).splitlines()[0][:200]}); the network or the server is down: "
+                f"({first_line(error)}); the network or the server is down: "
                 "retry later. Without internet: WEIGHTS=<path or s3:// URI of the weights "
                 f"file>, the weights baked into the image (--build-arg BAKE_WEIGHTS={backbone}), "
                 "or WEIGHTS=none to train from scratch") from error
@@ -64,6 +67,36 @@ def build_classifier(backbone: str, pooling: str, image_size: int, num_classes: 
                 "scratch with WEIGHTS=none"
             ) from error
         raise
+
+
+def corrupted_download(error: ValueError, what: str) -> DataError | None:
+    """A DataError (exit 3) for the ValueError that Keras' `get_file` raises when a download
+    does not match its published checksum (an HTML page from a proxy or a captive portal saved
+    in place of the file); None for any other ValueError. Keras leaves the file in its cache:
+    it is deleted here, so that the next try downloads it again."""
+    if "corrupted file detected" not in str(error):
+        return None
+    # get_file's own variables, where it raised: the file, its URL and the published checksum.
+    found: dict[str, Any] = {}
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code.co_name == "get_file":
+            found = dict(trace.tb_frame.f_locals)
+        trace = trace.tb_next
+    path, expected = found.get("download_target"), str(found.get("file_hash") or "")
+    if not path or not Path(path).is_file():
+        return DataError(f"WEIGHTS=imagenet: the download of {what} is corrupted "
+                         f"({first_line(error)}); retry, or give WEIGHTS=<path or s3:// URI of "
+                         "the weights file>")
+    algorithm = "sha256" if len(expected) == 64 else "md5"
+    with open(path, "rb") as f:
+        actual = hashlib.file_digest(f, algorithm).hexdigest()
+    Path(path).unlink(missing_ok=True)
+    return DataError(
+        f"WEIGHTS=imagenet: the download of {what} from {found.get('origin')} is corrupted: "
+        f"{path} has {algorithm} {actual}, not the published {expected} (a proxy's or portal's "
+        "page in place of the file?); deleted, so the next try downloads it again; check the "
+        "network's proxy, or give WEIGHTS=<path or s3:// URI of the weights file>")
 
 
 def build_model(
@@ -135,11 +168,52 @@ def _load_weights_file(model: keras.Model, base: keras.Model, path: str) -> None
             _reset_head(model)
             return
         except Exception as error:  # noqa: BLE001 - each failure is reported below
-            errors.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            errors.append(first_line(error))
+    if _is_whole_model_h5(path):
+        # A run's best.h5 for a dataset with another number of classes: its head cannot fit,
+        # and the HDF5 loaders match layers by position, head included. Its backbone can.
+        try:
+            _load_backbone_of(model, path)
+            _reset_head(model)
+            return
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.insert(0, first_line(error))
     raise DataError(
         f"WEIGHTS={path} does not fit the {model.name} backbone or model ({errors[0]}); "
         "give a weights file saved from the same BACKBONE, or WEIGHTS=imagenet or none"
     )
+
+
+def _is_whole_model_h5(path: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError:
+        return False
+
+
+def _backbone_variables(model: keras.Model) -> list[Any]:
+    """Every variable but the head's (the last layer), BatchNormalization statistics too, in
+    the model's order."""
+    head = {id(variable) for variable in model.layers[-1].weights}
+    return [variable for variable in model.weights if id(variable) not in head]
+
+
+def _load_backbone_of(model: keras.Model, path: str) -> None:
+    """The backbone of a whole model saved as HDF5 (a run's best.h5) into `model`'s."""
+    source = keras.models.load_model(path, compile=False)
+    ours, theirs = _backbone_variables(model), _backbone_variables(source)
+    if len(ours) != len(theirs):
+        raise ValueError(f"its backbone has {len(theirs)} weights, {model.name}'s has "
+                         f"{len(ours)}")
+    for mine, saved in zip(ours, theirs, strict=True):
+        if tuple(mine.shape) != tuple(saved.shape):
+            raise ValueError(f"{mine.path} expects {tuple(mine.shape)}, the file's "
+                             f"{saved.path} has {tuple(saved.shape)}")
+    for mine, saved in zip(ours, theirs, strict=True):
+        mine.assign(saved.numpy())
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -1,6 +1,9 @@
 """A sweep's runs side by side: `trainer runs --sweep NAME` and `trainer report --sweep NAME`.
 
-A sweep's runs are the runs `<NAME>-<index>` in the store. Their varying settings are those
+A sweep's runs are the runs `<NAME>-<index>-<digest>` in the store, the newest of each index
+(config.json's `created`): an edited grid's re-run gives the combinations that changed new
+runs, which replace the old ones here (runs `<NAME>-<index>` of older versions count too).
+Their varying settings are those
 whose values differ between them (from each run's config.json); runs are ranked by their best
 MONITOR value, best first, runs without one last. The page is self-contained: the validation
 curves of every run overlaid in one figure, embedded as a PNG.
@@ -54,8 +57,8 @@ def _json(store: Store, key: str) -> Any:
 
 def collect_runs(store: Store, sweep: str) -> list[SweepRun]:
     """The sweep's runs in the store, best first; StorageError when it has none."""
-    pattern = re.compile(re.escape(sweep) + r"-(\d+)")
-    runs = []
+    pattern = re.compile(re.escape(sweep) + r"-(\d+)(?:-[0-9a-f]{8})?")
+    newest: dict[int, tuple[tuple[str, str], SweepRun]] = {}
     for run_id in store.list_runs():
         match = pattern.fullmatch(run_id)
         if not match:
@@ -79,10 +82,13 @@ def collect_runs(store: Store, sweep: str) -> list[SweepRun]:
                            best["epoch"] if best else None, settings, history,
                            f"exit {failure['exit_code']}: {failure.get('error', '')}"
                            if failure else None)
-        runs.append(run)
+        age = (str(config.get("created", "")) if isinstance(config, dict) else "", run_id)
+        if run.index not in newest or age > newest[run.index][0]:
+            newest[run.index] = (age, run)
+    runs = [run for _, run in newest.values()]
     if not runs:
-        raise StorageError(f"no runs of sweep {sweep} (run ids {sweep}-<index>) in {store.uri}; "
-                           "see `trainer runs`")
+        raise StorageError(f"no runs of sweep {sweep} (run ids {sweep}-<index>-<digest>) in "
+                           f"{store.uri}; see `trainer runs`")
     return rank(runs)
 
 

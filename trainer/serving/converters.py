@@ -81,7 +81,6 @@ def write_onnx(source: ServingModel, out_dir: Path, name: str) -> Path:
     """onnx/model.onnx (class names and image size in its metadata), and a Triton model
     repository triton/NAME/ serving it with the onnxruntime backend."""
     import onnx
-    import tf2onnx
 
     # Keras' own ONNX export applies this patch (numpy 2 support) before the same call.
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
@@ -92,7 +91,7 @@ def write_onnx(source: ServingModel, out_dir: Path, name: str) -> Path:
     probabilities, signature = predictor(source), _fixed_signature(source)
     function = tf.function(lambda images: {"probabilities": probabilities(images)},
                            input_signature=[signature])
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=[signature])
+    proto = _onnx_of(function.get_concrete_function())
     onnx.helper.set_model_props(proto, {"class_names": json.dumps(source.class_names),
                                         "image_size": str(source.image_size)})
     path = out_dir / "onnx" / "model.onnx"
@@ -105,6 +104,25 @@ def write_onnx(source: ServingModel, out_dir: Path, name: str) -> Path:
     (triton / "config.pbtxt").write_text(triton_config(name, source.image_size,
                                                        len(source.class_names)))
     return path
+
+
+def _onnx_of(concrete: Any) -> Any:
+    """The ONNX model of a concrete function whose inputs are its signature's alone.
+    tf2onnx's own from_function takes every placeholder of the graph as an input, including
+    those of tensors the function captured (not variables: EfficientNet's Normalization layer
+    holds its mean and variance as tensors), which would then be inputs that a caller must
+    feed; frozen here, they are constants."""
+    import tf2onnx
+
+    captured = {id(tensor) for tensor in concrete.graph.internal_captures}
+    inputs = [tensor.name for tensor in concrete.inputs
+              if tensor.dtype != tf.resource and id(tensor) not in captured]
+    outputs = [tensor.name for tensor in concrete.outputs if tensor.dtype != tf.resource]
+    graph = tf2onnx.tf_loader.from_function(concrete, inputs, outputs)
+    proto, _ = tf2onnx.convert.from_graph_def(
+        graph, name=concrete.name, input_names=inputs, output_names=outputs,
+        tensors_to_rename=tf2onnx.convert.tensor_names_from_structed(concrete, inputs, outputs))
+    return proto
 
 
 def triton_config(name: str, image_size: int, classes: int, max_batch_size: int = 64) -> str:

@@ -91,7 +91,8 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     None. `name` names the Triton model. Returns, per format: `status` ("ok" or "failed"),
     `max_abs_difference` from best.h5 (None where the export or its check failed; `error`
     then says why), `seconds` (writing), `check_seconds` and `files` (relative to `out_dir`,
-    labels.txt included). A failed export is logged and returned, never raised.
+    labels.txt included). A failed export is logged, its files removed (nothing broken is
+    left to publish), and returned, never raised.
     """
     source = _source(Path(model_h5))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,15 +125,17 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
                 error = f"differs from best.h5 by {difference:.3g} (more than {PARITY_TOLERANCE})"
             if error:
                 result.update(status="failed", error=error)
-        result["files"] = _files(kind, out_dir, name) if kind in written else []
         if result["status"] == "failed":
+            _remove(kind, out_dir, name)
             get_logger().warning(f"the {kind} export failed: {result['error']}", extra={
                 "format": kind, "max_abs_difference": result["max_abs_difference"]})
+        result["files"] = _files(kind, out_dir, name) if result["status"] == "ok" else []
     return results
 
 
 def _line(text: str) -> str:
-    return " ".join(text.split())[:300]
+    """The first non-empty line, whole (the cause to quote)."""
+    return next((" ".join(line.split()) for line in text.splitlines() if line.strip()), "")
 
 
 def _remove(kind: str, out_dir: Path, name: str) -> None:

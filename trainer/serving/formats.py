@@ -8,7 +8,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, ExportFailed
 
 FORMATS = ("savedmodel", "onnx", "litert")
 # What each format needs beyond TensorFlow: (module, PyPI package). onnx and tf2onnx write the
@@ -28,6 +28,17 @@ def parse_formats(text: str, variable: str = "EXPORT") -> tuple[str, ...]:
         raise ConfigError(f"{variable}={text}: unknown format {', '.join(unknown)}; give none "
                           f"or a comma list of {', '.join(FORMATS)}")
     return tuple(name for name in FORMATS if name in chosen)
+
+
+def export_failure(failed: dict[str, dict], run_id: str, where: str) -> ExportFailed:
+    """The failure line of a run whose requested exports `failed` (per format, its result with
+    an `error`), once everything else of it is stored at `where`."""
+    causes = "; ".join(f"{kind}: {result.get('error')}" for kind, result in failed.items())
+    return ExportFailed(
+        f"EXPORT: the {', '.join(failed)} export failed ({causes}); nothing of it was "
+        f"published, best.h5 and the rest of the run are stored in {where} (manifest.json "
+        f"status failed); run again with the same RUN_ID to retry the export, or `trainer export "
+        f"{run_id} --format ...` for other formats")
 
 
 def _installed(module: str) -> bool:

@@ -16,25 +16,42 @@ import numpy as np
 
 from trainer.data import images as decoding
 from trainer.data.pipeline import batch_preprocessor
+from trainer.errors import DataError
 from trainer.serving.runtimes import Onnx, SavedModel, saved_model_version
 from trainer.store.artifacts import read_model_metadata
 
 
-def predict_images(model_path: Path, images: list[Path], top: int) -> list[tuple[str, list]]:
-    """The `top` classes of each image, by name, with their probabilities."""
-    pixels = [decoding.read(path) for path in images]
-    if model_path.is_dir():
-        probabilities, names = _with_saved_model(model_path, pixels)
-    elif model_path.suffix == ".onnx":
-        probabilities, names = _with_onnx(model_path, pixels)
-    else:
-        probabilities, names = _with_h5(model_path, pixels)
-    results = []
-    for path, row in zip(images, probabilities, strict=True):
+def predict_images(model_path: Path, images: list[Path], top: int
+                   ) -> list[tuple[str, list | DataError]]:
+    """The `top` classes of each image, by name, with their probabilities; for an image that
+    cannot be read, the DataError naming it in their place (the others are predicted)."""
+    read: list[np.ndarray | DataError] = []
+    for path in images:
+        try:
+            read.append(decoding.read(path))
+        except DataError as error:
+            read.append(error)
+    pixels = [image for image in read if not isinstance(image, DataError)]
+    probabilities, names = _predict(model_path, pixels) if pixels else (np.zeros((0, 0)), [])
+    results: list[tuple[str, list | DataError]] = []
+    ranked = iter(probabilities)
+    for path, image in zip(images, read, strict=True):
+        if isinstance(image, DataError):
+            results.append((str(path), image))
+            continue
+        row = next(ranked)
         order = np.argsort(row)[::-1][:top]
         results.append((str(path), [(names[i] if i < len(names) else str(i), float(row[i]))
                                     for i in order]))
     return results
+
+
+def _predict(model_path: Path, pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    if model_path.is_dir():
+        return _with_saved_model(model_path, pixels)
+    if model_path.suffix == ".onnx":
+        return _with_onnx(model_path, pixels)
+    return _with_h5(model_path, pixels)
 
 
 def _with_h5(model_path: Path, pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:

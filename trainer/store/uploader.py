@@ -164,20 +164,21 @@ class Uploader:
                     break
                 self._condition.wait(timeout=min(remaining, 1.0))
             self.raise_if_refused()
-            left = [str(job.source) for job in self._uploads.values()]
+            base = self.store.uri.rstrip("/")
+            left = [f"{job.source} (for {base}/{key})" for key, job in self._uploads.items()]
         if not left:
             return
         self.close()
-        listing = ", ".join(left)
+        # What is true of them: a rerun resumes from the newest state the store holds and
+        # never reads this machine's copies (another pod, another node may run it).
+        kept = (f"{len(left)} file(s) not in storage, kept on this machine only: "
+                f"{', '.join(left)}; a rerun with the same RUN_ID resumes from the newest state "
+                "that reached storage without reading them: to keep them, copy each to its "
+                "place in storage before the rerun")
         if stopping:
-            raise Terminated(f"stopped by SIGTERM with {len(left)} file(s) not yet in "
-                             f"{self.store.uri}, kept locally: {listing}; rerun with the "
-                             "same RUN_ID to resume")
-        raise UploadsUnfinished(
-            f"storage {self.store.uri} stayed unreachable for UPLOAD_TIMEOUT={timeout:g} s "
-            f"after training; {len(left)} file(s) kept locally: {listing}; rerun with the same "
-            "RUN_ID once storage is back"
-        )
+            raise Terminated(f"stopped by SIGTERM with {kept}")
+        raise UploadsUnfinished(f"storage {self.store.uri} stayed unreachable for "
+                                f"UPLOAD_TIMEOUT={timeout:g} s after training; {kept}")
 
     def close(self) -> None:
         """Stop the worker once nothing is pending (at once when uploads are abandoned)."""

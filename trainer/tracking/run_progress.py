@@ -25,6 +25,7 @@ class RunProgress:
         self.run_id = run_id
         self.interval = interval
         self._metrics: dict[str, float] = {}
+        self._finished_units = 0.0
 
     def steps(self, epoch: int, first: bool = False) -> Callable[[int, int], None]:
         """The loop's callback after each call of steps of `epoch`: with `first`, a line after
@@ -53,7 +54,20 @@ class RunProgress:
         self._metrics = {name: float(row[name]) for name in REPORTED_METRICS}  # type: ignore[literal-required]
         return self._update(self.plan.done(row["epoch"]))
 
+    def after(self, part: str, work: Callable[..., Any], units: float) -> Callable[..., Any]:
+        """`work`, a part of the finish worth `units` of the plan, with a progress line when
+        it returns: the run is not done when its last epoch is."""
+        def run(*args: Any) -> Any:
+            result = work(*args)
+            self._finished_units += units
+            fields = self._update(self.plan.done(self.plan.epochs) + self._finished_units)
+            get_logger().info(f"finish: {part} done", extra={"run_id": self.run_id, **fields})
+            return result
+
+        return run
+
     def close(self) -> None:
+        self.progress.update(self.plan.total)
         if self.reporter is not None:
             self.reporter.report(1.0, 0.0, self._metrics)
             self.reporter.close()
