@@ -379,7 +379,8 @@ def test_a_missing_runtime_is_a_configuration_error(monkeypatch: pytest.MonkeyPa
         "savedmodel", "litert")
     check_export_runtimes(["savedmodel", "onnx", "litert"])
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    with pytest.raises(ConfigError, match=r"EXPORT=onnx needs .*onnxruntime.*trainer\[export\]"):
+    with pytest.raises(ConfigError,
+                       match=r"EXPORT=onnx needs .*onnxruntime.*pip install -e '\.\[export\]'"):
         check_export_runtimes(["savedmodel", "onnx"])
     check_export_runtimes(["savedmodel", "litert"])
     assert main(["export", "some-run", "--format", "onnx"]) == 2
