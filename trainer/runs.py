@@ -30,7 +30,7 @@ def _json(store: Store, key: str) -> dict | list | None:
 
 def list_runs(store: Store) -> list[str]:
     """One line per run: id, status, epochs done, best value."""
-    lines = [f"{'RUN_ID':<44} {'STATUS':<10} {'EPOCHS':>6}  BEST"]
+    lines = [f"{'RUN_ID':<44} {'STATUS':<10} {'EPOCHS':>6}  BEST (or why it failed)"]
     for run_id in store.list_runs():
         manifest = _json(store, f"{run_id}/manifest.json")
         if isinstance(manifest, dict):

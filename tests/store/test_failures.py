@@ -29,7 +29,8 @@ def test_a_run_that_fails_records_its_exit_code_and_line(tmp_path: Path) -> None
     store = LocalStore(str(tmp_path / "runs"))
     assert read_failure(store, "lr-3") == {"status": "failed", "exit_code": 3,
                                            "error": str(caught.value)}
-    (line,) = list_runs(store)[1:]
+    header, line = list_runs(store)
+    assert header.endswith("BEST (or why it failed)")  # the reason is not a best value
     assert line.split()[:2] == ["lr-3", "failed"] and line.endswith(f"exit 3: {caught.value}")
     # Combination 3 of the sweep `lr`, failed before its first epoch, is listed with it.
     header, row = sweep_lines(collect_runs(store, "lr"))
