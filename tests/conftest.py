@@ -698,3 +698,15 @@ class DiskSampler:
         self._done.set()
         self._thread.join(timeout=10)
         return self.peak
+
+
+# --- Kubeflow Trainer's TrainJob status server (tests/trainjob_status.py), on loopback ---------
+
+
+@pytest.fixture
+def status_server(tmp_path: Path):
+    from trainjob_status import StatusServer
+
+    server = StatusServer(tmp_path)
+    yield server
+    server.close()

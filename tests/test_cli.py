@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import trainer_in_process
+from conftest import clean_environ, trainer_in_process
 
 from trainer.cli import cli
 from trainer.settings import OPTIONS
@@ -192,3 +192,21 @@ def test_vertex_ais_underscore_flags_are_the_settings_flags(
 
     assert main(["train", flag]) == 2
     assert capsys.readouterr().err.strip().startswith(f"error: {variable}='")
+
+
+def test_a_bug_is_exit_1_with_its_line_in_the_termination_log(tmp_path: Path) -> None:
+    """Exit 1 (a bug, retried by the Job) as Kubernetes shows it: one line on stderr, no
+    traceback, and the same line in the termination log (TERMINATION_LOG, else
+    /dev/termination-log) that `kubectl describe pod` prints. The bug here: a store with a
+    folder where a run's manifest.json should be."""
+    (tmp_path / "runs" / "r1" / "manifest.json").mkdir(parents=True)
+    log = tmp_path / "termination-log"
+    env = clean_environ(TERMINATION_LOG=str(log), LOG_FORMAT="text")
+    result = subprocess.run([sys.executable, "-m", "trainer", "runs", "--artifact-uri",
+                             str(tmp_path / "runs")], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    line = log.read_text()
+    assert line.startswith("internal error: IsADirectoryError") and line.count("\n") == 1
+    assert f"error: {line}" in result.stderr

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_JOB, clean_environ, json_lines, run_entrypoint, score_model
+from conftest import TINY_JOB, clean_environ, json_lines, run_entrypoint
+from trainjob_status import StatusServer
 
 from trainer.recipe import PhasedSchedule, phase_of, phases, set_trainable, stop_early
 from trainer.settings import load_settings
@@ -104,16 +105,20 @@ def test_early_stopping_counts_the_last_phase_only() -> None:
     assert not stop_early(load_settings({"EPOCHS": "9"}), epoch=9, best_epoch=1)
 
 
-def test_early_stopping_in_float16_with_a_cosine_schedule(tiny_npz: Path, tmp_path: Path) -> None:
-    """One run for three recipe settings: a learning rate too small to change any prediction
-    (val_accuracy never improves) stops after EARLY_STOPPING_PATIENCE epochs; float16 (with
-    loss scaling) keeps finite losses and a float32 softmax in a best.h5 plain Keras loads; the
-    cosine schedule is on its way down from the first epoch; every augmentation runs."""
-    env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path),
-                        RUN_ID="patience", EPOCHS="6", LEARNING_RATE="1e-12",
-                        EARLY_STOPPING_PATIENCE="2", VALIDATION_SPLIT="0.25",
-                        PRECISION="float16", LABEL_SMOOTHING="0.1", LR_SCHEDULE="cosine",
-                        AUGMENT="flip,crop,translate")
+def test_early_stopping_label_smoothing_augmentation_xla_and_trainjob_status(
+        tiny_npz: Path, tmp_path: Path, status_server: StatusServer) -> None:
+    """One run for several settings: a learning rate too small to change any prediction
+    (val_accuracy never improves) stops after EARLY_STOPPING_PATIENCE epochs; the cosine
+    schedule is on its way down from the first epoch; every augmentation and label smoothing
+    run; XLA=on compiles each replica's step with XLA (its dump names the loop's gradient
+    function); in a Kubeflow TrainJob the chief reports its progress to the status server."""
+    dump = tmp_path / "xla-dump"
+    env = clean_environ(TINY_JOB, status_server.environ(tmp_path), DATASET=str(tiny_npz),
+                        ARTIFACT_URI=str(tmp_path), RUN_ID="patience", EPOCHS="6",
+                        LEARNING_RATE="1e-12", EARLY_STOPPING_PATIENCE="2",
+                        VALIDATION_SPLIT="0.25", LABEL_SMOOTHING="0.1", LR_SCHEDULE="cosine",
+                        AUGMENT="flip,crop,translate", XLA="on",
+                        XLA_FLAGS=f"--xla_dump_to={dump} --xla_dump_hlo_as_text")
     result = run_entrypoint(env)
     assert result.returncode == 0, result.stderr
     history = json.loads((tmp_path / "patience" / "history.json").read_text())
@@ -122,8 +127,10 @@ def test_early_stopping_in_float16_with_a_cosine_schedule(tiny_npz: Path, tmp_pa
     assert manifest["stopped_early"] is True and manifest["best_epoch"] == 1
     assert any(r["message"].startswith("stopping early") for r in json_lines(result.stdout))
     config = json.loads((tmp_path / "patience" / "config.json").read_text())
-    assert config["precision"] == "mixed_float16"
-    assert config["augmentations"] == ["flip", "crop", "translate"]
+    assert config["augmentations"] == ["flip", "crop", "translate"] and config["xla"] is True
     assert all(np.isfinite(row["loss"]) for row in history)
     assert history[0]["learning_rate"] < 1e-12  # the cosine is on its way down
-    assert score_model(tmp_path / "patience" / "best.h5", tiny_npz)["dtype"] == "float32"
+    assert any("_gradients" in path.name for path in dump.iterdir())
+    final = status_server.received[-1]["trainerStatus"]
+    assert final["progressPercentage"] == 100 and final["estimatedRemainingSeconds"] == 0
+    assert {m["name"] for m in final["metrics"]} >= {"loss", "val_accuracy"}

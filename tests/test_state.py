@@ -92,6 +92,9 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     assert "stopped by SIGTERM at epoch 1, step" in stderr
     stopped = _pointer(run_store)
     assert (stopped["epoch"], stopped["step"] > 0) == (0, True)
+    client = mlflow_server.client()  # MLflow shows the stopped run as KILLED, not FINISHED
+    experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"])
+    assert [r.info.status for r in client.search_runs([experiment.experiment_id])] == ["KILLED"]
 
     # 2. A new pod resumes mid-epoch; SIGKILL (OOM, node lost) once a later state is stored.
     job = Job({**env, "WORK_DIR": str(next(work))})
@@ -138,8 +141,6 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     check_finished_run(run_store, "resumable", tmp_path, tiny_npz, epochs=3)
 
     # One MLflow run for the whole story, finished, each epoch's metrics once, and its files.
-    client = mlflow_server.client()
-    experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"])
     (tracked,) = client.search_runs([experiment.experiment_id])
     assert tracked.info.status == "FINISHED" and tracked.data.params["backbone"] == "VGG16"
     steps = [m.step for m in client.get_metric_history(tracked.info.run_id, "val_accuracy")]

@@ -213,6 +213,30 @@ def test_pod_i_resolves_to_combination_i(run_id: str | None, tmp_path: Path) -> 
         for i in range(len(grid))}) == 2
 
 
+def test_a_sweep_pod_trains_its_combination_under_its_own_run_id(tmp_path: Path) -> None:
+    """`trainer train` in a sweep pod (SWEEP_GRID, the Indexed Job's JOB_COMPLETION_INDEX and
+    the Job's RUN_ID, as the overlay renders them): each pod takes its own combination's values
+    and RUN_ID. Seen without training: combination 1's BACKBONE is invalid (exit 2 naming it);
+    combination 0's is valid, so the missing DATASET fails it (exit 3) under RUN_ID lr-0."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("BACKBONE: [VGG16, NoSuchNet]\n")
+    runs = tmp_path / "runs"
+
+    def pod(index: int) -> subprocess.CompletedProcess:
+        env = clean_environ(SWEEP_GRID=str(grid), JOB_COMPLETION_INDEX=str(index), RUN_ID="lr",
+                            DATASET=str(tmp_path / "missing.npz"), ARTIFACT_URI=str(runs),
+                            LOG_FORMAT="text")
+        return subprocess.run([sys.executable, "-m", "trainer", "train"], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    second = pod(1)
+    assert second.returncode == 2 and "BACKBONE='NoSuchNet'" in second.stderr, second.stderr
+    first = pod(0)
+    assert first.returncode == 3 and "missing.npz" in first.stderr, first.stderr
+    assert sorted(p.name for p in runs.iterdir()) == ["lr-0"]
+    assert (runs / "lr-0" / "failure.json").is_file()
+
+
 # --- comparing a sweep's runs (no training) -------------------------------------------------
 
 def _fake_run(store: Path, run_id: str, learning_rate: float, values: list[float],

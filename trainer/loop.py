@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from trainer.cluster.distribution import resolve_xla
+from trainer.settings import Settings
 from trainer.state import Totals
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -53,6 +55,14 @@ class Loop:
         ] if strategy.num_replicas_in_sync > 1 else []
         self._average = tf.function(self._average_statistics)
         self.retrace()
+
+    @classmethod
+    def for_settings(cls, settings: Settings, strategy: tf.distribute.Strategy,
+                     model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                     global_batch: int) -> Loop:
+        """The loop a run's settings make: STEPS_PER_CALL, LABEL_SMOOTHING and XLA."""
+        return cls(strategy, model, optimizer, global_batch, settings.steps_per_call,
+                   settings.label_smoothing, resolve_xla(settings.xla, strategy))
 
     def retrace(self) -> None:
         """Fresh compiled functions: call it after changing which layers train, or the

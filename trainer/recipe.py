@@ -100,6 +100,16 @@ class PhasedSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"kind": self.kind, "spans": self.spans}
 
 
+def make_optimizer(settings: Settings, steps_per_epoch: int, policy: str) -> Any:
+    """Adam on the phased schedule. Under mixed_float16 it scales the loss: the loop multiplies
+    the loss by the scale before the backward pass and this optimizer divides the gradients by it
+    before applying them, so that gradients too small for float16 do not underflow to zero."""
+    optimizer = keras.optimizers.Adam(PhasedSchedule(settings, steps_per_epoch))
+    if policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 def stop_early(settings: Settings, epoch: int, best_epoch: int) -> bool:
     """EARLY_STOPPING_PATIENCE epochs of the last phase without a new best."""
     patience = settings.early_stopping_patience

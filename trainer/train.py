@@ -21,7 +21,6 @@ import tensorflow as tf
 from trainer.cluster.distribution import (
     make_strategy,
     resolve_precision,
-    resolve_xla,
     synchronized_batch_norm,
 )
 from trainer.cluster.specs import Cluster
@@ -39,10 +38,10 @@ from trainer.data.load import Dataset, Split
 from trainer.data.memory import cache_dataset, memory_budget
 from trainer.data.pipeline import (
     batch_preprocessor,
+    epoch_input,
     evaluation_input,
     evaluation_steps,
     preview,
-    training_input,
 )
 from trainer.data.shard_downloads import stream_stats
 from trainer.errors import StorageError, Terminated, UploadsUnfinished
@@ -56,7 +55,7 @@ from trainer.models.classifier import (
     weights_digest,
 )
 from trainer.outputs import ChiefOutputs, Outputs, WorkerOutputs, run_config
-from trainer.recipe import PhasedSchedule, phase_of, set_trainable, stop_early
+from trainer.recipe import make_optimizer, phase_of, set_trainable, stop_early
 from trainer.settings import Settings
 from trainer.state import LoopState, fingerprint_of, restore_state
 from trainer.store.artifacts import HistoryRow, run_files, state_place
@@ -111,17 +110,13 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
     with strategy.scope():
         model = build_classifier(settings.backbone, settings.pooling, image_size,
                                  len(dataset.class_names), weights, environ, synchronized)
-        optimizer = keras.optimizers.Adam(PhasedSchedule(settings, steps))
-        if policy == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = make_optimizer(settings, steps, policy)
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
 
     # 4. Compiled steps.
-    xla = resolve_xla(settings.xla, strategy)
-    loop = Loop(strategy, model, optimizer, global_batch, settings.steps_per_call,
-                settings.label_smoothing, xla)
-    recipe = {"precision": policy, "precision_reason": why, "xla": xla,
+    loop = Loop.for_settings(settings, strategy, model, optimizer, global_batch)
+    recipe = {"precision": policy, "precision_reason": why, "xla": loop.xla,
               "batch_norm_synchronized": synchronized, "batch_norm_reason": batch_norm_why,
               "augmentations": list(settings.augmentations)}
     log.info("training setup", extra={"run_id": settings.run_id, "replicas": replicas,
@@ -219,9 +214,8 @@ def _epochs(run: Run, state: LoopState) -> LoopState:
             log.info(f"phase {phase.name}: epochs {phase.first_epoch}-{phase.last_epoch}",
                      extra={"run_id": settings.run_id, "trained_backbone_layers": len(trained),
                             "learning_rate": phase.learning_rate})
-        training_fn = training_input(run.dataset.train, run.image_size, run.preprocess,
-                                     global_batch, settings.seed, epoch, skip_steps=state.step,
-                                     augment=settings.augmentations)
+        training_fn = epoch_input(settings, run.dataset.train, run.image_size, run.preprocess,
+                                  global_batch, epoch, skip_steps=state.step)
         metrics = loop.train_epoch(training_fn, run.steps,
                                    run.progress.steps(epoch, first=epoch == first_epoch),
                                    stop_requested, start_step=state.step, partial=state.partial)

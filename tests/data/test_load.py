@@ -145,6 +145,29 @@ def test_a_mirror_folder_works_like_a_url(mirror: tuple, tmp_path: Path) -> None
     assert len(data.train) == 30
 
 
+def test_a_run_reads_dataset_mirror(mirror: tuple, tmp_path: Path) -> None:
+    """DATASET_MIRROR as a run reads it (settings from the environment, trainer.job's loading,
+    Keras' own cache in an empty KERAS_HOME): fashion_mnist, which has no published sha256,
+    comes from the mirror's stand-in files, not from its origin (unreachable here)."""
+    import json
+    import subprocess
+    import sys
+
+    url, _, _ = mirror
+    script = ("import json, os; from trainer.job import load_run_dataset; "
+              "from trainer.settings import load_settings; "
+              "d = load_run_dataset(load_settings(os.environ)); "
+              "print(json.dumps([len(d.train), len(d.val), d.class_names[0]]))")
+    env = clean_environ(DATASET="fashion_mnist", DATASET_MIRROR=url,
+                        KERAS_HOME=str(tmp_path / "keras"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == [20, 10, "T-shirt/top"]
+    assert any(p.name == "train-images-idx3-ubyte.gz"
+               for p in (tmp_path / "keras" / "datasets").rglob("*"))
+
+
 def test_an_archive_with_the_wrong_sha256_is_refused(mirror: tuple, tmp_path: Path) -> None:
     url, _, _ = mirror
     # The real published hash: the test's stand-in archive can never pass for the real one.

@@ -16,12 +16,14 @@ from trainer.data.memory import cache_decoded, memory_limit
 from trainer.data.pipeline import (
     augmenter,
     batch_preprocessor,
+    epoch_input,
     evaluation_input,
     evaluation_steps,
     fit_batch,
     training_input,
 )
 from trainer.errors import DataError
+from trainer.settings import load_settings
 
 
 def _identity(images: tf.Tensor) -> tf.Tensor:
@@ -119,16 +121,22 @@ def test_each_augmentation_changes_images_keeping_shape_and_type(kind: str) -> N
 
 
 def test_augmentation_handles_grayscale_and_reaches_the_batches() -> None:
+    """Through epoch_input, as training reads AUGMENT: `auto` augments cifar10 only."""
     image = _gradient_image(channels=None)
     assert augmenter(("translate",))(tf.constant(image), tf.constant([0, 1], tf.int64)).shape == (
         16, 16)
     split = Split(np.stack([image] * 8), np.zeros(8, dtype=np.int64))
     prep = batch_preprocessor(16, _identity)
-    (plain, _), = _batches(training_input(split, 16, prep, 8, 0, 1), 1)
-    (augmented, _), = _batches(training_input(split, 16, prep, 8, 0, 1,
-                                              augment=("flip", "translate")), 1)
-    assert np.array_equal(plain[0], plain[1])
-    assert not all(np.array_equal(augmented[0], a) for a in augmented[1:])
+
+    def batch(**variables: str) -> np.ndarray:
+        settings = load_settings({"DATASET": "digits", **variables})
+        (images, _), = _batches(epoch_input(settings, split, 16, prep, 8, epoch=1), 1)
+        return images
+
+    for plain in (batch(AUGMENT="none"), batch(AUGMENT="auto")):
+        assert all(np.array_equal(plain[0], p) for p in plain[1:])
+    for augmented in (batch(AUGMENT="flip,translate"), batch(AUGMENT="auto", DATASET="cifar10")):
+        assert not all(np.array_equal(augmented[0], a) for a in augmented[1:])
 
 
 def test_decoded_images_are_cached_in_memory_when_they_fit(image_folder: Path) -> None:

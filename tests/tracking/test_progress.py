@@ -7,20 +7,13 @@ server that checks the bearer token (Kubeflow Trainer v2's status server protoco
 from __future__ import annotations
 
 import datetime
-import json
 import socket
-import ssl
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
+from trainjob_status import STATUS_PATH, StatusServer
 
 from trainer.tracking.progress import Plan, Progress, TrainerStatusReporter, trainer_status
-
-STATUS_PATH = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-a/trainjobs/digits-1/status"
 
 
 class Clock:
@@ -78,97 +71,6 @@ def test_status_body_follows_the_trainjob_api() -> None:
     assert unknown["progressPercentage"] == 100 and "estimatedRemainingSeconds" not in unknown
 
 
-# --- a local HTTPS status server ---------------------------------------------------------------
-
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubeflow-trainer-controller")])
-    now = datetime.datetime.now(datetime.UTC)
-    import ipaddress
-
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "ca.crt", folder / "server.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
-
-
-class StatusServer:
-    """Accepts POST {STATUS_PATH} with `Bearer <token>`, like Kubeflow's status server."""
-
-    def __init__(self, folder: Path) -> None:
-        self.ca_file, key_file = _self_signed(folder)
-        self.token = "token-1"
-        self.received: list[dict] = []
-        self.refused = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path != STATUS_PATH:
-                    return self._answer(404, {"status": "Failure", "reason": "NotFound"})
-                if self.headers.get("Authorization") != f"Bearer {server.token}":
-                    server.refused += 1
-                    return self._answer(403, {"status": "Failure", "reason": "Forbidden"})
-                if self.headers.get("Content-Type") != "application/json":
-                    return self._answer(415, {})
-                server.received.append(json.loads(body))
-                self._answer(200, server.received[-1])
-
-            def _answer(self, code: int, content: dict) -> None:
-                data = json.dumps(content).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.ca_file, key_file)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}{STATUS_PATH}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def status_server(tmp_path: Path) -> Iterator[StatusServer]:
-    server = StatusServer(tmp_path)
-    yield server
-    server.close()
-
-
-def _environ(server: StatusServer, folder: Path, url: str | None = None) -> dict[str, str]:
-    token = folder / "token"
-    token.write_text(server.token + "\n")
-    return {"KUBEFLOW_TRAINER_SERVER_URL": url or server.url,
-            "KUBEFLOW_TRAINER_SERVER_CA_CERT": str(server.ca_file),
-            "KUBEFLOW_TRAINER_SERVER_TOKEN": str(token)}
-
-
 def _wait_for(server: StatusServer, count: int) -> None:
     deadline = time.monotonic() + 5
     while len(server.received) < count and time.monotonic() < deadline:
@@ -181,7 +83,7 @@ def test_no_reporter_outside_a_trainjob() -> None:
 
 def test_reports_progress_eta_and_metrics_with_the_token(
         status_server: StatusServer, tmp_path: Path, warnings_logged: list) -> None:
-    environ = _environ(status_server, tmp_path)
+    environ = status_server.environ(tmp_path)
     reporter = TrainerStatusReporter.from_environ(environ, min_interval=0.5)
     assert reporter is not None
     started = time.monotonic()
@@ -208,7 +110,7 @@ def test_reports_progress_eta_and_metrics_with_the_token(
 
 def test_a_wrong_token_is_one_warning(status_server: StatusServer, tmp_path: Path,
                                       warnings_logged: list) -> None:
-    environ = _environ(status_server, tmp_path)
+    environ = status_server.environ(tmp_path)
     (tmp_path / "token").write_text("stale")
     reporter = TrainerStatusReporter.from_environ(environ, min_interval=0.0)
     for i in range(3):
@@ -227,7 +129,7 @@ def test_an_unreachable_or_silent_server_is_one_warning_and_never_waited_for(
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     refused = TrainerStatusReporter.from_environ(
-        _environ(status_server, tmp_path, f"https://127.0.0.1:{port}{STATUS_PATH}"),
+        status_server.environ(tmp_path, f"https://127.0.0.1:{port}{STATUS_PATH}"),
         min_interval=0.0)
     refused.report(0.5, 10.0)
     time.sleep(0.3)
@@ -239,7 +141,7 @@ def test_an_unreachable_or_silent_server_is_one_warning_and_never_waited_for(
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"https://127.0.0.1:{silent.getsockname()[1]}{STATUS_PATH}"
-        reporter = TrainerStatusReporter.from_environ(_environ(status_server, tmp_path, url),
+        reporter = TrainerStatusReporter.from_environ(status_server.environ(tmp_path, url),
                                                       timeout=10.0)
         started = time.monotonic()
         reporter.report(0.7, 8.0)

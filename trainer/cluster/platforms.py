@@ -131,7 +131,8 @@ def failure_file(environ: Mapping[str, str]) -> str | None:
 def record_failure(line: str, environ: Mapping[str, str]) -> None:
     """The failure line where the platform shows it: Kubernetes' `kubectl describe pod` (the
     termination log) and SageMaker's FailureReason (output/failure), where writable."""
-    for path in (TERMINATION_LOG, failure_file(environ)):
+    # TERMINATION_LOG: the file a pod spec names in terminationMessagePath, when not the default.
+    for path in (environ.get("TERMINATION_LOG") or TERMINATION_LOG, failure_file(environ)):
         try:
             if path:
                 with open(path, "w") as f:

@@ -25,6 +25,7 @@ from trainer.data.memory import memory_budget
 from trainer.data.sources import decoded, elements, local_count, training_elements
 from trainer.data.splits import Dataset, Split
 from trainer.data.tfrecords import Records
+from trainer.settings import Settings
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -72,6 +73,14 @@ def augmenter(kinds: tuple[str, ...]) -> Callable[[tf.Tensor, tf.Tensor], tf.Ten
         return image[..., 0] if grayscale else image
 
     return augment
+
+
+def epoch_input(settings: Settings, split: Split | Records, image_size: int, preprocess: Callable,
+                global_batch: int, epoch: int, skip_steps: int = 0
+                ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """The training input of `epoch` as a run's settings make it: SEED's order, AUGMENT."""
+    return training_input(split, image_size, preprocess, global_batch, settings.seed, epoch,
+                          skip_steps=skip_steps, augment=settings.augmentations)
 
 
 def training_input(
