@@ -217,7 +217,8 @@ def test_a_sweep_pod_trains_its_combination_under_its_own_run_id(tmp_path: Path)
     """`trainer train` in a sweep pod (SWEEP_GRID, the Indexed Job's JOB_COMPLETION_INDEX and
     the Job's RUN_ID, as the overlay renders them): each pod takes its own combination's values
     and RUN_ID. Seen without training: combination 1's BACKBONE is invalid (exit 2 naming it);
-    combination 0's is valid, so the missing DATASET fails it (exit 3) under RUN_ID lr-0."""
+    combination 0's is valid, so the missing DATASET fails it (exit 3) under its own RUN_ID,
+    lr-0-<digest>."""
     grid = tmp_path / "grid.yaml"
     grid.write_text("BACKBONE: [VGG16, NoSuchNet]\n")
     runs = tmp_path / "runs"
@@ -233,8 +234,10 @@ def test_a_sweep_pod_trains_its_combination_under_its_own_run_id(tmp_path: Path)
     assert second.returncode == 2 and "BACKBONE='NoSuchNet'" in second.stderr, second.stderr
     first = pod(0)
     assert first.returncode == 3 and "missing.npz" in first.stderr, first.stderr
-    assert sorted(p.name for p in runs.iterdir()) == ["lr-0"]
-    assert (runs / "lr-0" / "failure.json").is_file()
+    (run_id,) = [p.name for p in runs.iterdir()]  # <sweep>-<index>-<digest of its values>
+    assert re.fullmatch(r"lr-0-[0-9a-f]{8}", run_id)
+    assert run_id == run_id_of("lr", 0, load_grid(grid)[0])
+    assert (runs / run_id / "failure.json").is_file()
 
 
 # --- comparing a sweep's runs (no training) -------------------------------------------------
