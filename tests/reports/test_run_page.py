@@ -112,6 +112,10 @@ def _pictures(folder: Path) -> dict[str, float]:
                "errors.png": errors_figure(images, ["sunflowers"] * 16, ["dandelion"] * 16)}
     for name, figure in figures.items():
         (folder / name).write_bytes(png_bytes(figure))
+        titles = [axis.title.get_window_extent() for axis in figure.axes
+                  if axis.title.get_text()]  # each 3 px from the next at least
+        assert not any(one.padded(3).overlaps(other) for number, one in enumerate(titles)
+                       for other in titles[number + 1:]), f"{name}: titles overlap"
     return {name: smallest_font_px(figure) for name, figure in figures.items()}
 
 

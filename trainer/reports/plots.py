@@ -108,7 +108,8 @@ def errors_figure(images: list[np.ndarray], true_names: list[str], predicted_nam
         axis.axis("off")
         axis.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=14)
         return figure
-    titles = [f"{true} -> {predicted}"
+    # On two lines: `true -> predicted` on one is wider than its picture at a readable size.
+    titles = [f"{true}\n-> {predicted}"
               for true, predicted in zip(true_names, predicted_names, strict=True)]
     return samples_figure(images, titles, columns)
 
