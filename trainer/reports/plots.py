@@ -24,7 +24,8 @@ SMALLEST_FONT = 8  # points
 def samples_figure(images: list[np.ndarray], labels: list[str], columns: int = 8) -> Figure:
     """A grid of training images (uint8, H x W or H x W x C) titled with their class names."""
     rows = -(-len(images) // columns)
-    figure = Figure(figsize=(columns * 1.4, rows * 1.6))
+    title_lines = max((label.count("\n") + 1 for label in labels), default=1)
+    figure = Figure(figsize=(columns * 1.4, rows * (1.4 + 0.2 * title_lines)))
     axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
