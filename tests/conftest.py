@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO / "entrypoint.py"
@@ -115,6 +119,56 @@ def unless_ci(missing: bool, reason: str) -> pytest.MarkDecorator:
 def missing_tool(reason: str) -> None:
     """Inside a test: skip, or under CI=true fail, naming what is missing."""
     (pytest.fail if IN_CI else pytest.skip)(reason)
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# What a reader's browser shows, measured once the page (and its images) loaded: the window's
+# width, each picture's natural and shown width, header rows without any text, and each table
+# row's first link (resolved to a URL; null for a row without one).
+LAYOUT_PROBE = """<script>window.addEventListener('load', () => {
+  const rows = [...document.querySelectorAll('tr')];
+  document.body.dataset.probe = JSON.stringify({
+    width: window.innerWidth,
+    images: [...document.images].map(i => [i.naturalWidth, i.width]),
+    empty_header_rows: rows.filter(r => r.querySelector('th')
+                                   && [...r.cells].every(c => !c.textContent.trim())).length,
+    links: rows.filter(r => r.querySelector('td')).map(r => {
+      const a = r.querySelector('a'); return a ? a.href : null; }),
+  });
+});</script>"""
+
+
+def smallest_font_px(figure: Figure) -> float:
+    """The smallest text of a figure, in pixels of its PNG (points at DPI dots per inch)."""
+    from matplotlib.text import Text
+
+    from trainer.reports.plots import DPI, png_bytes
+
+    png_bytes(figure)  # lays it out as it is written
+    sizes = [text.get_fontsize() for text in figure.findobj(Text)
+             if text.get_visible() and text.get_text().strip()]
+    return min(sizes) * DPI / 72
+
+
+def layout_in_chromium(page: Path, width: int = 1280) -> dict:
+    """`page` as headless Chromium lays it out in a window `width` px wide (LAYOUT_PROBE's
+    figures); a copy with the probe added sits next to it, so relative links resolve alike."""
+    import html
+
+    probe = page.with_name(f"{page.stem}.probe.html")
+    probe.write_text(page.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    result = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--hide-scrollbars", "--disable-background-networking", "--disable-component-update",
+         "--host-resolver-rules=MAP * ~NOTFOUND", f"--window-size={width},900",
+         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-probe="([^"]*)"', result.stdout)
+    assert found, result.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
 
 
 # Processes a test started; whatever is still running when it ends (it failed) is killed, so that

@@ -397,8 +397,8 @@ def test_the_sweep_page_in_headless_chromium(swept: dict, tmp_path: Path) -> Non
     headers = re.findall(r"<th>([^<]*)</th>", dom)
     assert headers == ["run", "status", "epochs", "LEARNING_RATE", "best val_accuracy",
                        "best epoch"]
-    rows = re.findall(r"<tr><td>(lr-\d)-[0-9a-f]{8}</td><td>finished</td><td>1</td>"
-                      r"<td>([^<]*)</td><td>([^<]*)</td>", dom)
+    rows = re.findall(r'<tr><td><a href="(lr-\d)-[0-9a-f]{8}/report.html">\1-[0-9a-f]{8}</a>'
+                      r"</td><td>finished</td><td>1</td><td>([^<]*)</td><td>([^<]*)</td>", dom)
     assert sorted(rows) == [("lr-0", "0.001", rows[0 if rows[0][0] == "lr-0" else 1][2]),
                             ("lr-1", "0.0001", rows[0 if rows[0][0] == "lr-1" else 1][2])]
     best = [float(value) for _, _, value in rows]

@@ -7,18 +7,22 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from trainer.store.artifacts import HISTORY_COLUMNS
 
 PICTURES = (("curves.png", "Training curves"), ("confusion.png", "Confusion matrix"),
             ("samples.png", "Training samples"), ("errors.png", "Misclassified images"))
+# Pictures at their natural size (plots.py picks their fonts for it): the page is wide enough
+# for the widest (1200 px) at a laptop's 1280 px; a narrower window scrolls a picture sideways
+# rather than shrinking its text out of reach.
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #ccc;
-padding: .25em .6em; text-align: right; } th { background: #eef; } td:first-child,
-th:first-child { text-align: left; } img { max-width: 100%; border: 1px solid #ddd; }
-.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(28em, 1fr)); gap: 1em; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 76em; padding: 0 .5em;
+color: #222; } table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid
+#ccc; padding: .25em .6em; text-align: right; } th { background: #eef; } td:first-child,
+th:first-child { text-align: left; } figure { margin: 1.5em 0; overflow-x: auto; }
+figcaption { font-weight: bold; margin-bottom: .3em; }
+img { max-width: none; border: 1px solid #ddd; }
 """
 
 
@@ -27,11 +31,18 @@ def _read_json(folder: Path, name: str) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>"
+class Link(NamedTuple):
+    """A table cell that links to another page."""
+    text: str
+    href: str
+
+
+def table(header: list[str] | None, rows: list[list[Any]]) -> str:
+    """Rows under a header row; a table of label/value pairs has none (`header` None)."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header or [])
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>"
                    for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
 
 
 def _base64(path: Path) -> str:
@@ -39,7 +50,9 @@ def _base64(path: Path) -> str:
 
 
 def _cell(value: Any) -> str:
-    return format_value(value)
+    if isinstance(value, Link):
+        return (f'<a href="{html.escape(value.href)}">{html.escape(value.text)}</a>')
+    return html.escape(format_value(value))
 
 
 def format_value(value: Any) -> str:
@@ -76,7 +89,7 @@ def build_report(folder: Path, run_id: str, summary: dict[str, Any] | None = Non
         if "top5_accuracy" in metrics:
             overview += [["top-5 accuracy", metrics["top5_accuracy"]]]
         overview += [["evaluated on", f"{metrics['evaluated_on']}, {metrics['examples']} images"]]
-    parts.append(table(["", ""], overview))
+    parts.append(table(None, overview))
     if metrics:
         rows = [[name, m["precision"], m["recall"], m["f1"], m["support"]]
                 for name, m in metrics["per_class"].items()]
@@ -85,7 +98,7 @@ def build_report(folder: Path, run_id: str, summary: dict[str, Any] | None = Non
     figures = [f"<figure><figcaption>{title}</figcaption><img alt=\"{title}\" "
                f"src=\"data:image/png;base64,{_base64(folder / name)}\"></figure>"
                for name, title in PICTURES if (folder / name).is_file()]
-    parts.append(f"<div class=\"figures\">{''.join(figures)}</div>")
+    parts += figures
     if history:
         columns = history_columns(history)
         parts += ["<h2>History</h2>",

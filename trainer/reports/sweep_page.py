@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from trainer.errors import StorageError
-from trainer.reports.run_page import STYLE, format_value, table
+from trainer.reports.run_page import STYLE, Link, format_value, table
 from trainer.store.failures import read_failure
 from trainer.store.files import write_atomic
 from trainer.store.stores import Store
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 HIDDEN_SETTINGS = ("run_id",)  # differs in every run by construction
 
@@ -141,57 +145,78 @@ def sweep_lines(runs: list[SweepRun]) -> list[str]:
             for row in [header, *rows]]
 
 
-def curves_png(runs: list[SweepRun]) -> bytes:
-    """Validation accuracy and loss of every run against epoch, overlaid."""
+def curves_figure(runs: list[SweepRun]) -> Figure:
+    """Validation accuracy and loss of every run against epoch, overlaid; one legend under
+    both plots, where its long labels cover no curve, in a font as large as the axes'."""
     # Here, not at the top: the CLI imports this module, and starts without matplotlib (half a
     # second) so that a bad setting fails at once. The object API needs no backend or pyplot.
     from matplotlib.figure import Figure
 
     varying = varying_settings(runs)
-    figure = Figure(figsize=(12, 4.5))
+    figure = Figure(figsize=(12, 4.5 + 0.25 * len(runs)), layout="constrained")
     axes = figure.subplots(1, 2)
     epochs = sorted({row["epoch"] for run in runs for row in run.history if "epoch" in row})
     for axis, metric in zip(axes, ("val_accuracy", "val_loss"), strict=True):
-        for run in runs:
+        for number, run in enumerate(runs):
             points = [(row["epoch"], row[metric]) for row in run.history if metric in row]
             if not points:
                 continue
             label = run.run_id + "".join(f", {_variable(name)}="
                                          f"{format_value(run.settings.get(name))}"
                                          for name in varying)
-            axis.plot(*zip(*points, strict=True), "o-", label=label)
+            axis.plot(*zip(*points, strict=True), "o-", color=f"C{number % 10}", label=label)
         axis.set_xlabel("epoch")
         axis.set_ylabel(metric)
         axis.set_title(f"validation {metric.removeprefix('val_')}")
         axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
         if len(epochs) <= 20:
             axis.set_xticks(epochs)
         else:
             axis.xaxis.get_major_locator().set_params(integer=True)
-    figure.tight_layout()
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=100)
-    return png.getvalue()
+    handles, labels = max((axis.get_legend_handles_labels() for axis in axes),
+                          key=lambda pair: len(pair[1]))
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=10)
+    return figure
 
 
-def build_sweep_page(sweep: str, runs: list[SweepRun]) -> str:
-    """One self-contained page: the runs ranked in a table, and their curves overlaid."""
+def report_links(store: Store, runs: list[SweepRun], page: Path | None) -> dict[str, str]:
+    """Each run's report.html that exists, as a link from the page: relative to the page next
+    to the runs (`page` None), or from the local file `page` to a local store's runs."""
+    links = {}
+    for run in runs:
+        key = f"{run.run_id}/report.html"
+        if key not in store.list_keys(key):
+            continue
+        folder = store.local_run_dir(run.run_id)
+        links[run.run_id] = quote(key if page is None or folder is None else
+                                  os.path.relpath(folder / "report.html", page.resolve().parent))
+    return links
+
+
+def build_sweep_page(sweep: str, runs: list[SweepRun],
+                     reports: dict[str, str] | None = None) -> str:
+    """One self-contained page: the runs ranked in a table, each linking to its report (by
+    `reports`, run id to href), and their curves overlaid."""
     varying = varying_settings(runs)
     monitor = runs[0].monitor if runs else "best value"
     why = any(run.error for run in runs)
+    reports = reports or {}
     header = ["run", "status", "epochs", *map(_variable, varying), f"best {monitor}",
               "best epoch", *(["why"] if why else [])]
-    rows = [[run.run_id, run.status, run.epochs,
+    rows = [[Link(run.run_id, reports[run.run_id]) if run.run_id in reports else run.run_id,
+             run.status, run.epochs,
              *(run.settings.get(name, "") for name in varying),
              "" if run.best_value is None else run.best_value,
              "" if run.best_epoch is None else run.best_epoch,
              *([run.error or ""] if why else [])] for run in runs]
-    picture = base64.b64encode(curves_png(runs)).decode("ascii")
+    from trainer.reports.plots import png_bytes  # matplotlib: see curves_figure
+
+    picture = base64.b64encode(png_bytes(curves_figure(runs))).decode("ascii")
     title = f"Sweep {html.escape(sweep)}"
     parts = [f"<h1>{title}</h1>",
-             f"<p>{len(runs)} runs, best {html.escape(monitor)} first.</p>",
+             f"<p>{len(runs)} runs, best {html.escape(monitor)} first; a run's name opens its "
+             "report.</p>",
              table(header, rows),
              "<h2>Validation curves</h2>",
              f"<figure><img alt=\"Validation curves of every run\" "
@@ -204,7 +229,8 @@ def build_sweep_page(sweep: str, runs: list[SweepRun]) -> str:
 def write_sweep_report(store: Store, sweep: str, destination: Path | None = None) -> str:
     """The comparison page, into the store as `<sweep>.html` next to the runs (or to the local
     file `destination`); returns where it went."""
-    page = build_sweep_page(sweep, collect_runs(store, sweep)).encode()
+    runs = collect_runs(store, sweep)
+    page = build_sweep_page(sweep, runs, report_links(store, runs, destination)).encode()
     if destination is not None:
         write_atomic(destination, page)
         return str(destination)
