@@ -236,7 +236,7 @@ def test_a_sweep_pod_trains_its_combination_under_its_own_run_id(tmp_path: Path)
     assert first.returncode == 3 and "missing.npz" in first.stderr, first.stderr
     (run_id,) = [p.name for p in runs.iterdir()]  # <sweep>-<index>-<digest of its values>
     assert re.fullmatch(r"lr-0-[0-9a-f]{8}", run_id)
-    assert run_id == run_id_of("lr", 0, load_grid(grid)[0])
+    assert run_id == run_id_of("lr", 0, load_grid(grid).combination(0))
     assert (runs / run_id / "failure.json").is_file()
 
 
