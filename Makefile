@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench clean s3-local container-test
+.PHONY: venv run test test-exports lint bench clean s3-local container-test
 
 # The interpreter is checked every time (a .venv that is broken, or made by an unsupported or
 # another given interpreter, is made anew), then '.[dev]' installed when pyproject.toml changed.
@@ -45,6 +45,11 @@ lint: venv
 # server or a socket, the other computes (tests that share a fixture stay on one worker).
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# Every backbone family BACKBONE accepts, exported to every format and checked (make test runs
+# only the families whose conversion needed special handling).
+test-exports: venv
+	$(BIN)/python -m pytest -m exports tests/serving/test_families.py
 
 # Builds the Dockerfile with buildah and runs a tiny job in it against S3 on loopback (root).
 container-test: venv

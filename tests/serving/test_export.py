@@ -276,29 +276,6 @@ def test_a_bfloat16_trained_model_exports_in_float32(tmp_path: Path) -> None:
     assert types_pb2.DT_BFLOAT16 not in types and types_pb2.DT_FLOAT in types
 
 
-def test_an_efficientnet_exports_to_onnx_and_triton_with_one_input(tmp_path: Path) -> None:
-    """Its Normalization layer holds its mean and variance as captured tensors, which
-    tf2onnx's from_function made two more graph inputs; a client feeds `images` alone."""
-    import onnx
-
-    from trainer.models.classifier import build_model, preprocessing_name
-    from trainer.serving.export import export_model
-    from trainer.store.artifacts import RunArtifacts
-    from trainer.store.stores import LocalStore
-
-    artifacts = RunArtifacts(LocalStore(str(tmp_path / "store")), "run", tmp_path / "run")
-    artifacts.save_model(build_model("EfficientNetB0", "avg", SIZE, len(CLASSES), None),
-                         "best.h5", {"class_names": CLASSES, "image_size": SIZE,
-                                     "backbone": "EfficientNetB0",
-                                     "preprocessing": preprocessing_name("EfficientNetB0")})
-    results = export_model(tmp_path / "run" / "best.h5", tmp_path / "export", ["onnx"],
-                           reference_images=natural_images(4, SIZE, SIZE, seed=3), name="eff")
-    assert results["onnx"]["status"] == "ok", results
-    for path in ("onnx/model.onnx", "triton/eff/1/model.onnx"):  # Triton's config names one
-        graph = onnx.load(str(tmp_path / "export" / path)).graph
-        assert [value.name for value in graph.input] == ["images"], path
-
-
 def test_a_conversion_that_fails_or_changes_the_numbers_fails_its_format_only(
         exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from trainer.serving import converters, export
