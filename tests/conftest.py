@@ -231,16 +231,30 @@ class Job:
                 if r["message"].startswith("epoch ") and "val_loss" in r]
 
 
+@contextlib.contextmanager
+def trainer_log(level: int) -> Iterator[list[logging.LogRecord]]:
+    """What the trainer's logger says at `level` and above meanwhile (its own level lowered to
+    `level` where it is higher, and put back)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("trainer")
+    previous = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 @pytest.fixture
 def warnings_logged() -> Iterator[list[logging.LogRecord]]:
     """The warnings the trainer's logger gives during the test."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("trainer")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    with trainer_log(logging.WARNING) as records:
+        yield records
 
 
 def trainer_in_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

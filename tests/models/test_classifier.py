@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import free_ports
+from conftest import free_ports, trainer_log
 
 from trainer.errors import DataError, TransientError
 from trainer.models.classifier import build_classifier
@@ -119,16 +119,8 @@ def test_a_download_failure_quotes_its_whole_cause(keras_cache: Path,
 @pytest.fixture
 def info_logged() -> Iterator[list[logging.LogRecord]]:
     """What the trainer's logger says at INFO and above during the test."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("trainer")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with trainer_log(logging.INFO) as records:
+        yield records
 
 
 def test_imagenet_weights_out_of_reach_exit_75_saying_how_to_train_offline(

@@ -24,7 +24,7 @@ import tensorflow as tf
 from trainer.data.reading import FEATURES, file_records, held_out, parse
 from trainer.data.shard_counting import count_shards
 from trainer.data.splits import Dataset
-from trainer.data.tallies import SIDE_SAMPLE, counted, gather_rows, side_of
+from trainer.data.tallies import SIDE_SAMPLE, counted, gather_or_fail, side_of
 from trainer.data.tfrecords import Holdout, Records, shard
 from trainer.errors import DataError, first_line
 from trainer.logs import get_logger
@@ -132,11 +132,7 @@ def count_records(dataset: Dataset, strategy: Any = None, worker: int = 0, worke
         row = [0, side, *kept.row(), *held.row()]
     except DataError as found:
         error, row[0] = found, 1
-    rows = gather_rows(row, strategy, workers)
-    if error is not None:
-        raise error
-    if rows[:, 0].any():
-        failed = ", ".join(str(i) for i in np.flatnonzero(rows[:, 0]))
-        raise DataError(f"DATASET={dataset.source}: worker(s) {failed} found unreadable "
-                        "TFRecords; their log names the file")
+    rows = gather_or_fail(row, strategy, workers, error,
+                          f"DATASET={dataset.source}: worker(s) {{failed}} found unreadable "
+                          "TFRecords; their log names the file")
     return counted(dataset, train, val, rows, workers)

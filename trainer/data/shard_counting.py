@@ -31,7 +31,7 @@ from trainer.data.reading import held_mask, kept_positions
 from trainer.data.shard_files import first_payloads, read_shard, scan_stream, shard_name
 from trainer.data.shard_index import ShardScan, index_body, index_key, read_index
 from trainer.data.splits import Dataset
-from trainer.data.tallies import SIDE_SAMPLE, counted, gather_rows, side_of
+from trainer.data.tallies import SIDE_SAMPLE, counted, gather_or_fail, side_of
 from trainer.data.tfrecords import Records, shard
 from trainer.data.webdataset import scan_tar
 from trainer.errors import DataError, StorageError, TransientError
@@ -195,13 +195,9 @@ def count_shards(dataset: Dataset, strategy: Any = None, worker: int = 0, worker
                 scan.image_bytes]
     except (DataError, StorageError, TransientError) as found:
         error, row[0] = found, 1.0
-    rows = gather_rows(row, strategy, workers)
-    if error is not None:
-        raise error
-    if rows[:, 0].any():
-        failed = ", ".join(str(i) for i in np.flatnonzero(rows[:, 0]))
-        raise DataError(f"DATASET={dataset.source}: worker(s) {failed} could not count their "
-                        "shards; their log names the shard")
+    rows = gather_or_fail(row, strategy, workers, error,
+                          f"DATASET={dataset.source}: worker(s) {{failed}} could not count their "
+                          "shards; their log names the shard")
     found_scans = {}
     for j, location in enumerate(shards.files):
         values = rows[j % workers, 2 + _FIELDS * j: 2 + _FIELDS * (j + 1)]

@@ -37,6 +37,20 @@ def side_of(encoded: Sequence[bytes]) -> int:
     return int(np.median(sides)) if sides else 0
 
 
+def gather_or_fail(row: Sequence[float], strategy: Any, workers: int,
+                   error: Exception | None, failure: str) -> np.ndarray:
+    """gather_rows, which every worker must reach, then the first failure: this worker's own
+    `error`, else a DataError naming the workers whose row flags one in column 0 (`failure`
+    with `{failed}` standing for their indexes)."""
+    rows = gather_rows(row, strategy, workers)
+    if error is not None:
+        raise error
+    if rows[:, 0].any():
+        failed = ", ".join(str(i) for i in np.flatnonzero(rows[:, 0]))
+        raise DataError(failure.replace("{failed}", failed))
+    return rows
+
+
 def gather_rows(row: Sequence[float], strategy: Any, workers: int) -> np.ndarray:
     """Every worker's `row`, by worker index (a collective: every worker calls it)."""
     if strategy is None or (workers <= 1 and strategy.num_replicas_in_sync == 1):
