@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +75,14 @@ def _newest_state_epoch(store: RunStore) -> int:
         return 0
 
 
+def _listed(env: dict[str, str]) -> str:
+    """The run's line in `trainer runs`, as a user gets it."""
+    result = subprocess.run([sys.executable, "-m", "trainer", "runs"], env=env, text=True,
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return next(line for line in result.stdout.splitlines() if line.startswith("resumable "))
+
+
 def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: Path,
                                                  mlflow_server: MlflowServer,
                                                  tmp_path: Path) -> None:
@@ -92,6 +102,10 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     assert "stopped by SIGTERM at epoch 1, step" in stderr
     stopped = _pointer(run_store)
     assert (stopped["epoch"], stopped["step"] > 0) == (0, True)
+    # `trainer runs` says so: stopped (for a restart), not running and not failed.
+    listed = _listed(env)
+    assert listed.split()[:3] == ["resumable", "stopped", "0"], listed
+    assert "exit 143: stopped by SIGTERM at epoch 1, step" in listed and "to resume" in listed
     client = mlflow_server.client()  # MLflow shows the stopped run as KILLED, not FINISHED
     experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"])
     assert [r.info.status for r in client.search_runs([experiment.experiment_id])] == ["KILLED"]
@@ -119,6 +133,7 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     assert job.resumed() == (killed_at + 1, 0)
     assert job.trained_epochs() == list(range(killed_at + 1, 4))
     check_finished_run(run_store, "resumable", tmp_path, tiny_npz, epochs=3)
+    assert _listed(env).split()[:3] == ["resumable", "finished", "3"]
 
     # 4. Damage, as a crash mid-write on a store without atomic writes would leave it: no
     # manifest, the newest state's data cut in half and the pointer half-written. The run
@@ -139,6 +154,7 @@ def test_sigterm_sigkill_and_damage_lose_nothing(run_store: RunStore, tiny_npz: 
     assert any("resume state 00003-0000000 is unusable" in m for m in messages)
     assert job.resumed() == (3, 0) and job.trained_epochs() == [3]
     check_finished_run(run_store, "resumable", tmp_path, tiny_npz, epochs=3)
+    assert _listed(env).split()[:3] == ["resumable", "finished", "3"]
 
     # One MLflow run for the whole story, finished, each epoch's metrics once, and its files.
     (tracked,) = client.search_runs([experiment.experiment_id])

@@ -28,7 +28,13 @@ from trainer.cluster.platforms import record_failure
 from trainer.data.load import fetch_dataset, remote_dataset
 from trainer.data.shards import default_cache_bytes
 from trainer.data.tfrecords import Remote
-from trainer.errors import INTERNAL_ERROR, ConfigError, DataError, TrainerError, first_line
+from trainer.errors import (
+    INTERNAL_ERROR,
+    ConfigError,
+    DataError,
+    TrainerError,
+    internal_error_line,
+)
 from trainer.flags import (
     OPTIONS_BY_FIELD,
     flag_spelling,
@@ -267,9 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainerError as error:
         return _fail(str(error), error.exit_code, debug)
     except Exception as error:  # noqa: BLE001 - every bug becomes exit 1 with one line
-        return _fail(f"internal error: {type(error).__name__}: {first_line(error)}; rerun "
-                     "with LOG_LEVEL=DEBUG for the traceback and report it", INTERNAL_ERROR,
-                     debug)
+        return _fail(internal_error_line(error), INTERNAL_ERROR, debug)
 
 
 def _fail(message: str, code: int, debug: bool) -> int:

@@ -57,6 +57,12 @@ class Terminated(TrainerError):
 INTERNAL_ERROR = 1
 
 
+def internal_error_line(error: BaseException) -> str:
+    """The one line of a bug (exit 1)."""
+    return (f"internal error: {type(error).__name__}: {first_line(error)}; rerun with "
+            "LOG_LEVEL=DEBUG for the traceback and report it")
+
+
 def first_line(error: BaseException) -> str:
     """The cause to quote in a failure line: the error's first non-empty line, whole (a cut
     at N characters leaves "Name or service not"), else its class name."""

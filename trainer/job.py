@@ -21,11 +21,11 @@ from trainer.data.load import Dataset, fetch_dataset, load_dataset, remote_datas
 from trainer.data.shards import default_cache_bytes
 from trainer.data.stream_failures import stream_failures_raised
 from trainer.data.tfrecords import Remote
-from trainer.errors import ConfigError, TrainerError
+from trainer.errors import ConfigError
 from trainer.logs import get_logger
 from trainer.serving.formats import check_export_runtimes
 from trainer.settings import Settings, changed_settings
-from trainer.store.failures import UNRECOVERABLE, clear_failure, record_failure
+from trainer.store.failures import clear_failure, record_failure
 from trainer.store.stores import Store, key_in, open_store
 
 
@@ -57,8 +57,9 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
 
         with stream_failures_raised():  # why a streamed dataset stopped, not tf.data's error
             train(settings, store, dataset, weights, platform.environ)
-    except TrainerError as error:
-        if cluster.is_chief and error.exit_code in UNRECOVERABLE:  # what `trainer runs` shows
+    except (Exception, KeyboardInterrupt) as error:
+        # What `trainer runs` shows instead of "running": failed, stopped or interrupted.
+        if cluster.is_chief:
             record_failure(store, settings.run_key, error)
         raise
 

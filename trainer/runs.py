@@ -10,7 +10,7 @@ from trainer.errors import DataError, StorageError
 from trainer.reports.run_page import PICTURES, build_report
 from trainer.serving.runtimes import saved_model_version
 from trainer.store.artifacts import EVALUATION_FILES
-from trainer.store.failures import read_failure
+from trainer.store.failures import read_failure, reason_line, run_status
 from trainer.store.files import sha256_of, write_atomic
 from trainer.store.stores import Store
 
@@ -30,22 +30,24 @@ def _json(store: Store, key: str) -> dict | list | None:
 
 def list_runs(store: Store) -> list[str]:
     """One line per run: id, status, epochs done, best value."""
-    lines = [f"{'RUN_ID':<44} {'STATUS':<10} {'EPOCHS':>6}  BEST (or why it failed)"]
+    lines = [f"{'RUN_ID':<44} {'STATUS':<11} {'EPOCHS':>6}  BEST (or why it stopped)"]
     for run_id in store.list_runs():
         manifest = _json(store, f"{run_id}/manifest.json")
         if isinstance(manifest, dict):
             status, epochs = manifest.get("status", "?"), manifest.get("epochs_done", "?")
             best = f"{manifest.get('monitor')}={manifest.get('best_value', 0):.4f}"
             best += f" (epoch {manifest.get('best_epoch')})"
+            failure = read_failure(store, run_id) if status != "finished" else None
+            best += f"; {reason_line(failure)}" if failure else ""  # a failed export
         else:
             history = _json(store, f"{run_id}/history.json")
             failure = read_failure(store, run_id)
             if (history is None and failure is None
                     and store.read_bytes(f"{run_id}/config.json") is None):
                 continue
-            status, epochs = "failed" if failure else "running", len(history or [])
-            best = f"exit {failure['exit_code']}: {failure.get('error', '')}" if failure else "-"
-        lines.append(f"{run_id:<44} {status:<10} {epochs:>6}  {best}")
+            status, epochs = run_status(failure), len(history or [])
+            best = reason_line(failure) if failure else "-"
+        lines.append(f"{run_id:<44} {status:<11} {epochs:>6}  {best}")
     return lines
 
 

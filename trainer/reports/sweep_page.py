@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from trainer.errors import StorageError
 from trainer.reports.run_page import STYLE, Link, format_value, table
-from trainer.store.failures import read_failure
+from trainer.store.failures import read_failure, reason_line, run_status
 from trainer.store.files import write_atomic
 from trainer.store.stores import Store
 
@@ -44,7 +44,7 @@ class SweepRun:
     best_epoch: int | None
     settings: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None  # why it failed (failure.json), with its exit code
+    error: str | None = None  # why it stopped unfinished (failure.json), with its exit code
 
     @property
     def epochs(self) -> int:
@@ -70,7 +70,8 @@ def collect_runs(store: Store, sweep: str) -> list[SweepRun]:
         config = _json(store, f"{run_id}/config.json") or {}
         history = _json(store, f"{run_id}/history.json") or []
         manifest = _json(store, f"{run_id}/manifest.json")
-        failure = None if isinstance(manifest, dict) else read_failure(store, run_id)
+        finished = isinstance(manifest, dict) and manifest.get("status") == "finished"
+        failure = None if finished else read_failure(store, run_id)  # also a failed export
         if not config and not history and not isinstance(manifest, dict) and not failure:
             continue
         settings = config.get("settings", {}) if isinstance(config, dict) else {}
@@ -78,14 +79,14 @@ def collect_runs(store: Store, sweep: str) -> list[SweepRun]:
         if isinstance(manifest, dict):
             run = SweepRun(run_id, int(match.group(1)), manifest.get("status", "?"),
                            manifest.get("monitor", monitor), manifest.get("best_value"),
-                           manifest.get("best_epoch"), settings, history)
+                           manifest.get("best_epoch"), settings, history,
+                           reason_line(failure) if failure else None)
         else:
             best = _best_row(history, monitor)
-            run = SweepRun(run_id, int(match.group(1)), "failed" if failure else "running",
+            run = SweepRun(run_id, int(match.group(1)), run_status(failure),
                            monitor, best[monitor] if best else None,
                            best["epoch"] if best else None, settings, history,
-                           f"exit {failure['exit_code']}: {failure.get('error', '')}"
-                           if failure else None)
+                           reason_line(failure) if failure else None)
         age = (str(config.get("created", "")) if isinstance(config, dict) else "", run_id)
         if run.index not in newest or age > newest[run.index][0]:
             newest[run.index] = (age, run)
@@ -130,7 +131,7 @@ def _variable(name: str) -> str:
 
 def sweep_lines(runs: list[SweepRun]) -> list[str]:
     """`trainer runs --sweep`: one line per run, best first, with its varying settings (and
-    why a failed run failed)."""
+    why a run stopped unfinished)."""
     varying = varying_settings(runs)
     why = any(run.error for run in runs)
     header = ["RUN_ID", "STATUS", "EPOCHS", *map(_variable, varying), "BEST", "BEST_EPOCH",

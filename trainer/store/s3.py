@@ -157,10 +157,11 @@ class S3Store:
         except Exception as error:
             self._raise(error, key)
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, *, quick: bool = False) -> None:
         """s3transfer uploads big files in parts; S3 shows the object only once whole."""
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(key))
+            client = self._quick_client if quick else self.client
+            client.upload_file(str(path), self.bucket, self._key(key))
         except Exception as error:
             self._raise(error, key)
 

@@ -32,8 +32,9 @@ class Store(Protocol):
     def read_bytes(self, key: str) -> bytes | None:
         """The object's content, or None when there is none."""
 
-    def put_file(self, key: str, path: Path) -> None:
-        """Store a local file under `key`, atomically."""
+    def put_file(self, key: str, path: Path, *, quick: bool = False) -> None:
+        """Store a local file under `key`, atomically; `quick`: with few retries and short
+        timeouts (a small record written on the way out, while storage may be down)."""
 
     def get_file(self, key: str, path: Path) -> bool:
         """Download `key` to `path` (atomically); False when there is no such object."""
@@ -71,7 +72,7 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, *, quick: bool = False) -> None:
         target = self.root / key
         if target.resolve() == Path(path).resolve():
             return
