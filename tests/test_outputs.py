@@ -76,3 +76,4 @@ def test_a_requested_export_that_fails_ends_the_run_non_zero_and_is_not_publishe
     listed = trainer_in_process("runs", "--artifact-uri", str(runs), env=env)
     (row,) = listed.stdout.strip().splitlines()[1:]
     assert row.split()[:3] == ["exports", "failed", "1"]  # the manifest's status
+    assert row.endswith(f"; exit 1: {line}")  # and why, from its failure.json
