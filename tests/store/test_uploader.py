@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from trainer.store.stores import LocalStore
 from trainer.store.uploader import Uploader
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from faults import FaultProxy
 
 
@@ -187,25 +188,27 @@ def test_an_outage_then_its_drain_never_leave_the_store_without_a_state(
         fault_proxy.set("refuse")
         job.wait_for("epoch 4/4")  # trained on, everything since epoch 1 waiting locally
         assert watcher.newest_epoch == before_outage
-        # Back, but flaky: the first uploads are cut off in the middle (multipart best.h5 too).
+        # Back, but flaky: the first uploads are cut off in the middle (multipart state data
+        # and best.h5 too). The uploader tries again when its backoff (up to 30 s) is over.
         fault_proxy.set("reset", after=2_000_000, direction="up", times=3)
-        # The uploader tries again when its backoff (up to 30 s) is over: the drain has begun
-        # once the first upload is cut off.
-        deadline = time.monotonic() + 120
-        while fault_proxy.resets == 0 and job.process.poll() is None:
-            assert time.monotonic() < deadline, job.lines[-3:]
-            time.sleep(0.02)
-        time.sleep(random.Random(7).uniform(0.5, 3.0))
-        job.process.kill()  # the pod lost in the middle of the drain
-        job.finish(timeout=30)
+        _wait(lambda: fault_proxy.resets == 3, job, "the drain's first uploads cut off")
+        assert watcher.newest_epoch == before_outage  # a state's data is more than 2 MB
+        # Then slow to answer: the drain goes on, and the files after the state (evaluation,
+        # report, then the manifest) take seconds, so that the pod is lost in the middle of
+        # the drain, with a state stored during it.
+        fault_proxy.set("delay", seconds=0.3)
+        _wait(lambda: watcher.newest_epoch > before_outage, job, "a state stored in the drain")
+        job.process.kill()
+        code, _ = job.finish(timeout=30)
         stored = watcher.newest_epoch
-        assert stored >= before_outage
+        assert code == -9 and not watcher.has("manifest.json")  # killed before it finished
         fault_proxy.set("pass")
 
         again = Job({**env, "WORK_DIR": str(tmp_path / "work-2")})  # a new pod
         code, stderr = again.finish()
         assert code == 0, stderr[-2000:]
-        assert again.resumed()[0] >= stored + 1 if stored < 4 else True
+        # It resumes from the state stored in the drain (or one stored after the last look).
+        assert again.resumed()[0] >= stored + 1 > before_outage + 1
     finally:
         watcher.stop()
     assert watcher.checks > 20 and not watcher.violations, watcher.violations[:3]
@@ -221,6 +224,14 @@ def test_an_outage_then_its_drain_never_leave_the_store_without_a_state(
     best = s3_server.client().get_object(Bucket=bucket, Key="runs/drained/best.h5")
     assert hashlib.sha256(best["Body"].read()).hexdigest() == manifest["artifacts"]["best.h5"][
         "sha256"]
+
+
+def _wait(happened: Callable[[], bool], job: Job, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not happened():
+        assert job.process.poll() is None, f"the job ended before {what}: {job.lines[-3:]}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s: {job.lines[-3:]}"
+        time.sleep(0.02)
 
 
 class StoreWatcher(threading.Thread):
@@ -258,6 +269,10 @@ class StoreWatcher(threading.Thread):
         except self.client.exceptions.NoSuchKey:
             return None
         return json.loads(raw)
+
+    def has(self, name: str) -> bool:
+        listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + name)
+        return any(o["Key"] == self.prefix + name for o in listing.get("Contents", []))
 
     def stop(self) -> None:
         self._done.set()
