@@ -196,7 +196,7 @@ def test_an_outage_then_its_drain_never_leave_the_store_without_a_state(
         # Then slow to answer: the drain goes on, and the files after the state (evaluation,
         # report, then the manifest) take seconds, so that the pod is lost in the middle of
         # the drain, with a state stored during it.
-        fault_proxy.set("delay", seconds=0.3)
+        fault_proxy.set("delay", seconds=0.1)
         _wait(lambda: watcher.newest_epoch > before_outage, job, "a state stored in the drain")
         job.process.kill()
         code, _ = job.finish(timeout=30)
