@@ -671,6 +671,40 @@ def mlflow_server(mlflow_service: MlflowServer) -> MlflowServer:
     return mlflow_service
 
 
+class HangingServer:
+    """A TCP server on loopback that accepts every connection and never answers: an MLflow
+    server stuck behind a load balancer, as the job meets it."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed by close()
+            while True:
+                self.accepted.append(self._socket.accept()[0])  # kept open, never answered
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close() alone does not)
+        self._socket.close()
+        for connection in self.accepted:
+            connection.close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def hanging_server() -> Iterator[HangingServer]:
+    server = HangingServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 # --- Shard datasets (trainer/data/shards.py): WebDataset tars and Hugging Face Parquet ---------
 
 

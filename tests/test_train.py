@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import TINY_JOB, clean_environ, run_entrypoint
+from conftest import TINY_JOB, MlflowServer, clean_environ, run_entrypoint
 
 from trainer.control import out_of_memory_is_a_setting
 from trainer.errors import ConfigError
@@ -19,17 +19,22 @@ from trainer.settings import load_settings
 from trainer.store.stores import LocalStore
 
 
+@pytest.mark.xdist_group("mlflow")  # one worker runs the tests of the MLflow server
 def test_a_diverging_loss_stops_with_exit_2_keeping_the_epochs_before(
-        tiny_npz: Path, tmp_path: Path) -> None:
+        tiny_npz: Path, tmp_path: Path, mlflow_server: MlflowServer) -> None:
     weights = tmp_path / "start.weights.h5"
     build_model("VGG16", "avg", 32, 4, None).save_weights(weights)
     # Epoch 1 trains the head at a sane rate; epoch 2 fine-tunes at an absurd one.
     env = clean_environ(TINY_JOB, DATASET=str(tiny_npz), ARTIFACT_URI=str(tmp_path / "runs"),
                         RUN_ID="lr-1", WEIGHTS=str(weights), EPOCHS="1",
                         FINE_TUNE_EPOCHS="1", FINE_TUNE_LEARNING_RATE="1e30",
-                        VALIDATION_SPLIT="0.25")
+                        VALIDATION_SPLIT="0.25", MLFLOW_TRACKING_URI=mlflow_server.uri,
+                        MLFLOW_EXPERIMENT_NAME=f"diverged-{tmp_path.name}")
     result = run_entrypoint(env)
     assert result.returncode == 2, result.stderr
+    client = mlflow_server.client()  # a failed run is FAILED in MLflow, not RUNNING or FINISHED
+    experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"])
+    assert [r.info.status for r in client.search_runs([experiment.experiment_id])] == ["FAILED"]
     line = result.stderr.strip().splitlines()[-1]
     assert "loss became NaN or infinite in epoch 2" in line and "lower LEARNING_RATE" in line
     run = tmp_path / "runs" / "lr-1"

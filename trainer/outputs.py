@@ -58,6 +58,7 @@ class Outputs(Protocol):
                          saved: bool, stop: StopRequest) -> None: ...
     def diverged(self, state: LoopState, row: HistoryRow) -> None: ...
     def upload_what_was_saved(self, stop: StopRequest) -> None: ...
+    def end_tracking(self, status: str, stop: StopRequest) -> None: ...
     def finish(self, state: LoopState, evaluate: Evaluate, export: Export,
                stop: StopRequest) -> str: ...
 
@@ -156,9 +157,11 @@ class ChiefOutputs:
         """SIGTERM: the state (unless `saved` already) in the store within the grace period."""
         if not saved:
             self._save_state(checkpoint, state)
-        self._end_tracking("KILLED")
+        if self.tracker is not None:
+            self.tracker.ending("KILLED")  # sent while the state uploads
         self.artifacts.finish_uploads(min(self.settings.upload_timeout,
                                           stop.upload_seconds_left()))
+        self.end_tracking("KILLED", stop)  # in what the upload left of the grace period
 
     def diverged(self, state: LoopState, row: HistoryRow) -> None:
         """The history shows the epoch that diverged (its NaN as null); the state and best.h5
@@ -168,12 +171,14 @@ class ChiefOutputs:
     def upload_what_was_saved(self, stop: StopRequest) -> None:
         """Whatever else ends the run (a lost peer, a bug), the state saved before it may still
         be uploading: let it finish, so that a restart resumes from it."""
-        self._end_tracking("FAILED")
+        if self.tracker is not None:
+            self.tracker.ending("FAILED")
         try:
             self.artifacts.finish_uploads(self.settings.upload_timeout, stop,
                                           stop.upload_seconds_left())
         except TrainerError as error:
             get_logger().warning(f"the saved state could not all be uploaded: {error}")
+        self.end_tracking("FAILED", stop)
 
     def finish(self, state: LoopState, evaluate: Evaluate, export: Export,
                stop: StopRequest) -> str:
@@ -198,8 +203,9 @@ class ChiefOutputs:
             files = [artifacts.path(name) for name in ("best.h5", "export", "report.html",
                                                        "curves.png", "metrics.json")]
             self.tracker.log_final(metrics, [path for path in files if path.exists()])
+            self.tracker.log_model(artifacts.path("best.h5"))  # what register_model registers
             self.tracker.register_model()
-            self._end_tracking("FINISHED")
+            self.tracker.ending("FAILED" if failed else "FINISHED")  # sent while uploading
         artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
         summary["status"] = "failed" if failed else "finished"  # a re-run retries the export
         manifest = artifacts.manifest(**summary, epochs_done=len(state.history),
@@ -207,6 +213,7 @@ class ChiefOutputs:
                                       exports=exports)
         artifacts.write_json("manifest.json", manifest)
         artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
+        self.end_tracking("FAILED" if failed else "FINISHED", stop)
         if failed:
             raise export_failure(failed, settings.run_id, artifacts.store.uri.rstrip("/") + "/"
                                  + artifacts.key(""))
@@ -236,9 +243,14 @@ class ChiefOutputs:
                    dataclasses.replace(state, best_sha256=best, tracking_run_id=tracking),
                    self.fingerprint)
 
-    def _end_tracking(self, status: str) -> None:
+    def end_tracking(self, status: str, stop: StopRequest) -> None:
+        """The MLflow run ended (as the status queued first), waiting at most UPLOAD_TIMEOUT,
+        after SIGTERM at most what is left of the grace period, for what is queued."""
         if self.tracker is not None:
-            self.tracker.end(status)
+            seconds = self.settings.upload_timeout
+            if stop.is_set():
+                seconds = min(seconds, stop.upload_seconds_left())
+            self.tracker.end(status, seconds)
             self.tracker = None
 
     def _save_best(self, model: keras.Model, state: LoopState) -> None:
@@ -252,33 +264,21 @@ class ChiefOutputs:
 
 
 class WorkerOutputs:
-    """A worker other than the chief: it trains, and writes nothing."""
+    """A worker other than the chief: it trains, and writes nothing (each method does nothing)."""
 
-    def start(self, config: dict[str, Any], dataset: Dataset) -> None:
-        pass
-
-    def found_bad_images(self, names: list[str]) -> None:
-        pass
-
-    def track(self, tracker: Tracker | None, state: LoopState) -> None:
-        pass
+    def start(self, config: dict[str, Any], dataset: Dataset) -> None: ...
+    def found_bad_images(self, names: list[str]) -> None: ...
+    def track(self, tracker: Tracker | None, state: LoopState) -> None: ...
+    def epoch_done(self, state: LoopState, improved: bool, model: keras.Model,
+                   checkpoint: tf.train.Checkpoint) -> None: ...
+    def save_for_restart(self, state: LoopState, checkpoint: tf.train.Checkpoint,
+                         saved: bool, stop: StopRequest) -> None: ...
+    def diverged(self, state: LoopState, row: HistoryRow) -> None: ...
+    def upload_what_was_saved(self, stop: StopRequest) -> None: ...
+    def end_tracking(self, status: str, stop: StopRequest) -> None: ...
 
     def resumed(self, state: LoopState, model: keras.Model) -> LoopState:
         return state
-
-    def epoch_done(self, state: LoopState, improved: bool, model: keras.Model,
-                   checkpoint: tf.train.Checkpoint) -> None:
-        pass
-
-    def save_for_restart(self, state: LoopState, checkpoint: tf.train.Checkpoint,
-                         saved: bool, stop: StopRequest) -> None:
-        pass
-
-    def diverged(self, state: LoopState, row: HistoryRow) -> None:
-        pass
-
-    def upload_what_was_saved(self, stop: StopRequest) -> None:
-        pass
 
     def finish(self, state: LoopState, evaluate: Evaluate, export: Export,
                stop: StopRequest) -> str:

@@ -173,8 +173,10 @@ def train(settings: Settings, store: Store, dataset: Dataset, weights: str | Non
             progress.after("exports", exporter(settings, cached, image_size), plan.export_units),
             stop)
         progress.close()
-    except (Terminated, StorageError, UploadsUnfinished):
-        raise  # the uploads ended the run, or had their time already
+    except (Terminated, StorageError, UploadsUnfinished) as error:
+        # the uploads ended the run, or had their time already; MLflow's run ends all the same
+        outputs.end_tracking("KILLED" if isinstance(error, Terminated) else "FAILED", stop)
+        raise
     except Exception:
         outputs.upload_what_was_saved(stop)
         raise

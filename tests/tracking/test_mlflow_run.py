@@ -1,6 +1,8 @@
 """MLflow tracking against a real `mlflow server` on loopback (SQLite store, artifacts in a
 temporary folder), with the Tracker called as the job calls it, without TensorFlow: a run
-SIGTERMed after epoch 2 and restarted, and a tracking server stopped in the middle of a run.
+SIGTERMed after epoch 2 and restarted, a tracking server stopped in the middle of a run, and one
+that accepts and never answers. The Tracker's calls return at once (its own thread sends them):
+`tracker.wait` is where a test waits for them.
 
     .venv/bin/python -m pytest tests/tracking/test_mlflow_run.py     (the dev extra has `mlflow`)
 """
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MlflowServer, free_ports
+from conftest import HangingServer, MlflowServer, free_ports
 
 from trainer.tracking.mlflow_run import RUN_ID_TAG, Tracker
 
@@ -24,6 +26,7 @@ PARAMS = {"dataset": "digits", "backbone": "VGG16", "learning_rate": 1e-4, "epoc
           "image_size": None, "augment": "none"}
 TAGS = {"image": "registry.example.com/trainer:test"}
 DOWN_SECONDS = 5.0  # a call while the server is down returns within this
+SENT_SECONDS = 60.0  # what a test waits at most for the tracker's thread
 
 
 def _environ(server: MlflowServer, experiment: str, **extra: str) -> dict[str, str]:
@@ -69,7 +72,7 @@ def test_a_run_stopped_after_epoch_2_and_restarted_is_one_finished_mlflow_run(
     server = mlflow_server
     environ = _environ(server, "lifecycle", MLFLOW_REGISTERED_MODEL_NAME="digits-classifier")
     first = Tracker.open(environ, "digits-vgg16", None, PARAMS, TAGS)
-    assert first is not None and first.mlflow_run_id
+    assert first is not None and first.wait(SENT_SECONDS) and first.mlflow_run_id
     for epoch in (1, 2):
         first.log_epoch(_row(epoch))
     saved = first.mlflow_run_id  # what the job keeps in its resume state
@@ -79,7 +82,7 @@ def test_a_run_stopped_after_epoch_2_and_restarted_is_one_finished_mlflow_run(
 
     # The restarted pod: the same MLflow run, the restored history sent again (and skipped).
     second = Tracker.open(environ, "digits-vgg16", saved, PARAMS, TAGS)
-    assert second.mlflow_run_id == saved
+    assert second.wait(SENT_SECONDS) and second.mlflow_run_id == saved
     assert client.get_run(saved).info.status == "RUNNING"
     second.log_history([_row(1), _row(2)])
     for epoch in (3, 4):
@@ -87,6 +90,7 @@ def test_a_run_stopped_after_epoch_2_and_restarted_is_one_finished_mlflow_run(
     metrics = {"accuracy": 0.9, "macro_f1": 0.88, "top5_accuracy": 1.0, "examples": 180,
                "evaluated_on": "the validation split", "per_class": {"0": {"f1": 0.9}}}
     second.log_final(metrics, _run_files(tmp_path))
+    second.log_model(tmp_path / "best.h5")  # loaded for real in tests/tracking/test_mlflow_job.py
     second.register_model()
     assert second.end("FINISHED") == []
     assert warnings_logged == []
@@ -105,11 +109,14 @@ def test_a_run_stopped_after_epoch_2_and_restarted_is_one_finished_mlflow_run(
     assert run.data.tags["image"] == TAGS["image"]
     assert run.data.metrics["best_model/accuracy"] == 0.9
     assert run.data.metrics["best_model/examples"] == 180
-    assert _all_artifacts(client, saved) == {
+    artifacts = _all_artifacts(client, saved)
+    assert {a for a in artifacts if not a.startswith("model/")} == {
         "best.h5", "report.html", "curves.png", "export/labels.txt",
         "export/savedmodel/1/saved_model.pb", "export/savedmodel/1/variables/variables.index"}
+    # The MLflow model: its loader and best.h5, what mlflow.pyfunc.load_model reads.
+    assert {"model/MLmodel", "model/data/best.h5", "model/code/keras_pyfunc.py"} <= artifacts
     (version,) = client.search_model_versions("name = 'digits-classifier'")
-    assert version.run_id == saved and version.source.endswith("/export/savedmodel")
+    assert version.run_id == saved and version.source.endswith("/model")
     # A restart after the end registers nothing twice.
     third = Tracker.open(environ, "digits-vgg16", saved, PARAMS, TAGS)
     third.log_final({}, [tmp_path / "export"])
@@ -124,6 +131,7 @@ def test_a_pod_killed_before_saving_its_state_continues_the_run_by_its_tag(
     environ = _environ(server, "no-state")
     first = Tracker.open(environ, "killed-early", None, PARAMS, TAGS)
     first.log_epoch(_row(1))
+    assert first.wait(SENT_SECONDS)
     del first  # killed: no end, no resume state with the MLflow run id
     second = Tracker.open(environ, "killed-early", None, {**PARAMS, "epochs": 6}, TAGS)
     second.log_history([_row(1)])
@@ -148,14 +156,16 @@ def test_a_server_down_mid_run_costs_seconds_and_its_backlog_is_logged_after(
     environ = _environ(server, "outage")
     tracker = Tracker.open(environ, "outage-run", None, PARAMS, TAGS)
     tracker.log_epoch(_row(1))
+    assert tracker.wait(SENT_SECONDS)
     server.stop()
     try:
         assert _timed(tracker.log_epoch, _row(2)) < DOWN_SECONDS
         assert _timed(tracker.log_epoch, _row(3)) < DOWN_SECONDS
         # A pod started while the server is down: its run is created once the server is back.
         late = Tracker.open(environ, "late-run", None, PARAMS, TAGS)
-        assert late.mlflow_run_id is None
         assert _timed(late.log_epoch, _row(1)) < DOWN_SECONDS
+        assert not late.wait(SENT_SECONDS) and late.mlflow_run_id is None
+        assert not tracker.wait(SENT_SECONDS)
         assert tracker.pending == ["metrics of epoch 2", "metrics of epoch 3"]
         # One warning per tracker for the whole outage, naming the server.
         assert len(warnings_logged) == 2
@@ -164,6 +174,7 @@ def test_a_server_down_mid_run_costs_seconds_and_its_backlog_is_logged_after(
         server.start()
     tracker.log_epoch(_row(4))
     late.log_epoch(_row(2))
+    assert tracker.wait(SENT_SECONDS) and late.wait(SENT_SECONDS)
     assert tracker.pending == [] and late.pending == []
     client = server.client()
     assert _epochs_logged(client, tracker.mlflow_run_id) == {k: [1, 2, 3, 4] for k in METRICS}
@@ -205,10 +216,39 @@ def test_a_call_mlflow_refuses_is_dropped_and_the_next_ones_are_logged(
     tracker = Tracker.open(_environ(mlflow_server, "refusals"), "refused", None, PARAMS, TAGS)
     tracker.log_epoch({"epoch": 1, "no such name!": 1.0})  # not a valid MLflow metric name
     tracker.log_epoch(_row(2))
-    assert tracker.pending == []
+    assert tracker.wait(SENT_SECONDS) and tracker.pending == []
     (warning,) = warnings_logged  # the refusal, never an outage
     assert warning.getMessage().startswith("MLflow refused metrics of epoch 1: ")
     assert tracker.end("FINISHED") == []
     client = mlflow_server.client()
     assert _epochs_logged(client, tracker.mlflow_run_id) == {k: [2] for k in METRICS}
     assert client.get_run(tracker.mlflow_run_id).info.status == "FINISHED"
+
+
+def test_a_server_that_hangs_costs_a_call_seconds_and_never_holds_up_the_caller(
+        hanging_server: HangingServer, warnings_logged: list) -> None:
+    """It accepts and never answers: MLflow's own timeout (5 s, no retry: CLIENT_DEFAULTS) ends
+    each call, on the tracker's thread; `end` waits no longer than it is told."""
+    import mlflow  # noqa: F401 - its first import (a second) is not what is timed here
+
+    environ = {"MLFLOW_TRACKING_URI": hanging_server.uri}
+    started = time.monotonic()
+    tracker = Tracker.open(environ, "hanging", None, PARAMS, TAGS)
+    for epoch in (1, 2, 3):
+        tracker.log_epoch(_row(epoch))
+    assert time.monotonic() - started < 1.0  # the caller never waits for the server
+    started = time.monotonic()
+    assert not tracker.wait(SENT_SECONDS)  # the thread gave up on the call in flight
+    assert 4.0 < time.monotonic() - started < 8.0  # one call of 5 s: not MLflow's minutes
+    assert hanging_server.accepted
+    tracker.log_epoch(_row(4))  # tried again now, on the thread: the server still hangs
+    started = time.monotonic()
+    missing = tracker.end("KILLED", 2.0)
+    assert time.monotonic() - started < 3.0
+    assert missing == ["the MLflow run with its params", *(f"metrics of epoch {e}" for e in
+                                                           (1, 2, 3, 4)), "status KILLED"]
+    outage, dropped = (w.getMessage() for w in warnings_logged)  # one line each
+    assert hanging_server.uri in outage and "timeout" in outage.lower()
+    assert dropped.startswith(f"MLflow tracking server {hanging_server.uri} unreachable or too "
+                              "slow: not logged to MLflow run (not created) within 2 s: ")
+    assert dropped.endswith("metrics of epoch 4; status KILLED")

@@ -5,27 +5,29 @@
     tracker.log_history(state.history)      # after a restart: the epochs MLflow lacks
     tracker.log_epoch(row)                  # each epoch's history row, at step=epoch
     tracker.log_final(metrics, [best_h5, export_dir, report_html, curves_png])
+    tracker.log_model(best_h5)              # an MLflow pyfunc model, artifact `model`
     tracker.register_model()                # when MLFLOW_REGISTERED_MODEL_NAME is set
-    tracker.end("FINISHED")                 # or "FAILED", "KILLED"
+    tracker.ending("KILLED")                # queued (then the state's upload, meanwhile)
+    tracker.end("KILLED", seconds)          # or "FINISHED", "FAILED": waits at most `seconds`
 
 Resuming: `tracker.mlflow_run_id` goes into the run's resume state; a restarted pod passes it
 back and continues the same MLflow run (without it, the newest unfinished MLflow run tagged with
 this RUN_ID in the experiment is continued). Metrics are keyed by (name, epoch) and what the
-MLflow run already holds is read first, so no epoch is logged twice.
-
-Best effort (`trainer.tracking.backlog`): an unreachable tracking server is one warning, never
-the job's failure; what could not be logged is sent, in order, once the server answers again, and
+MLflow run already holds is read first, so no epoch is logged twice. Best effort
+(`trainer.tracking.backlog`): every call is queued and sent by the backlog's own thread, so
+training never waits for the server; an unreachable (or hanging) server is one warning, never the
+job's failure; what could not be logged is sent, in order, once the server answers again, and
 what is still missing at `end` is named in one warning.
 
-Read here from `environ`: MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID,
-MLFLOW_RUN_ID (a run to continue) and MLFLOW_REGISTERED_MODEL_NAME. MLflow itself reads the rest
-from the process environment (MLFLOW_TRACKING_USERNAME / PASSWORD / TOKEN,
-MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_S3_ENDPOINT_URL, ...). `mlflow-skinny` is enough (the
-`tracking` extra).
+Read here from `environ`: MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME / _ID, MLFLOW_RUN_ID (a run
+to continue), MLFLOW_REGISTERED_MODEL_NAME; MLflow reads the rest (MLFLOW_TRACKING_USERNAME, ...)
+from the process environment. `mlflow-skinny` and pandas are enough (the `tracking` extra).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
@@ -34,14 +36,17 @@ from typing import Any
 
 from trainer.logs import get_logger
 from trainer.redaction import redact
-from trainer.tracking.backlog import Backlog, configure_client, error_code
+from trainer.tracking import keras_pyfunc
+from trainer.tracking.backlog import Backlog, configure_client, error_code, short
+from trainer.tracking.registry import RUN_ID_TAG, experiment_id, register
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
-RUN_ID_TAG = "trainer.run_id"
 REGISTERED_MODEL_VARIABLE = "MLFLOW_REGISTERED_MODEL_NAME"
 BATCH = 100  # MLflow's log_batch takes at most 100 params (1000 metrics) per call
 FINAL_PREFIX = "best_model/"
 SAVEDMODEL_ARTIFACT = "export/savedmodel"
+MODEL_ARTIFACT = "model"  # the MLflow pyfunc model of best.h5 (keras_pyfunc)
+END_SECONDS = 60.0  # what `end` waits at most, unless told (the job tells it)
 
 
 class Tracker:
@@ -61,6 +66,7 @@ class Tracker:
         self._logged: set[tuple[str, int]] = set()
         self._synced = False
         self._artifacts: set[str] = set()
+        self._ending: str | None = None
         self._log = get_logger()
         self._backlog = Backlog(f"MLflow tracking server {self.uri}", prepare=self._sync,
                                 lost=self._unsync,
@@ -69,8 +75,8 @@ class Tracker:
     @classmethod
     def open(cls, environ: Mapping[str, str], run_id: str, resumed_mlflow_run_id: str | None,
              params: Mapping[str, Any], tags: Mapping[str, Any]) -> Tracker | None:
-        """The run's tracker, or None when MLFLOW_TRACKING_URI is unset. Starts (or continues)
-        the MLflow run now if the server answers, else at the next call that reaches it."""
+        """The run's tracker, or None when MLFLOW_TRACKING_URI is unset; the MLflow run's start
+        (or continuation) queued."""
         uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
         if not uri:
             return None
@@ -96,6 +102,11 @@ class Tracker:
     def pending(self) -> list[str]:
         """What is waiting for the server, oldest first."""
         return self._backlog.pending
+
+    def wait(self, seconds: float) -> bool:
+        """Wait at most `seconds` for what is queued to be sent (or given up on: the server is
+        away); True when nothing waits."""
+        return self._backlog.wait(seconds)
 
     # --- what the job calls ---------------------------------------------------------------
 
@@ -135,30 +146,52 @@ class Tracker:
 
     def register_model(self, artifact_path: str | None = None) -> None:
         """Register the run's model as a new version of MLFLOW_REGISTERED_MODEL_NAME (no-op
-        when unset): `artifact_path`, by default the exported SavedModel (export/savedmodel)
-        where log_final logged one, else best.h5. Once per MLflow run, also across restarts."""
+        when unset): `artifact_path`, by default the MLflow model of log_model, else the
+        exported SavedModel (export/savedmodel) where log_final logged one, else best.h5.
+        Once per MLflow run, also across restarts."""
         name = self._environ.get(REGISTERED_MODEL_VARIABLE, "").strip()
         if not name:
             return
         if artifact_path is None:
-            artifact_path = (SAVEDMODEL_ARTIFACT if SAVEDMODEL_ARTIFACT in self._artifacts
-                             else "best.h5")
+            artifact_path = next(path for path in (MODEL_ARTIFACT, SAVEDMODEL_ARTIFACT, "best.h5")
+                                 if path in self._artifacts or path == "best.h5")
         if artifact_path not in self._artifacts:
             self._log.warning(f"MLflow: no artifact {artifact_path} was logged; the model is "
                               f"not registered as {name}")
             return
-        self._backlog.add(f"model version of {name}",
-                          partial(self._register, name, artifact_path))
+        self._backlog.add(f"model version of {name}", lambda: register(
+            self._client, name, self.mlflow_run_id, self._run_id, artifact_path))
 
-    def end(self, status: str) -> list[str]:
-        """End the MLflow run as FINISHED, FAILED or KILLED; returns (and warns about, in one
-        line) what could not be logged. Later calls do nothing."""
+    def log_model(self, best_h5: Path) -> None:
+        """best.h5 as an MLflow pyfunc model (artifact `model`, what register_model registers),
+        made in a temporary folder: in the run's folder, a local store would list it."""
+        folder = Path(tempfile.mkdtemp(prefix="mlflow-model-")) / MODEL_ARTIFACT
+        try:
+            keras_pyfunc.save(Path(best_h5), folder)
+        except Exception as error:  # noqa: BLE001 - tracking never fails the job
+            self._log.warning(f"MLflow: the pyfunc model of {best_h5} was not made "
+                              f"({short(error)}); the run's other files are logged")
+            return
+        self._artifacts.add(MODEL_ARTIFACT)
+        self._backlog.add(f"artifact {MODEL_ARTIFACT}", partial(self._log_model, folder))
+
+    def ending(self, status: str) -> None:
+        """The run's end as FINISHED, FAILED or KILLED queued (once: the first status stays)."""
         if status not in STATUSES:
             raise ValueError(f"status {status!r}: give one of {', '.join(STATUSES)}")
+        if self._ending is None and not self._backlog.closed:
+            self._ending = status
+            self._backlog.add(f"status {status}", partial(self._terminate, status))
+
+    def end(self, status: str, seconds: float = END_SECONDS) -> list[str]:
+        """End the MLflow run as `status` (unless `ending` queued one), waiting at most
+        `seconds` for what is queued; returns (and warns about, in one line) what was not
+        logged. Later calls do nothing."""
+        self.ending(status)
         if self._backlog.closed:  # ended already, or the run was refused
             return []
-        self._backlog.add(f"status {status}", partial(self._terminate, status))
-        return self._backlog.close(f"MLflow run {self.mlflow_run_id or '(not created)'}")
+        return self._backlog.close(f"MLflow run {self.mlflow_run_id or '(not created)'}",
+                                   seconds)
 
     # --- MLflow calls ---------------------------------------------------------------------
 
@@ -181,8 +214,8 @@ class Tracker:
         client = self._client
         run = self._continued_run()
         if run is None:
-            run = client.create_run(self._experiment_id(), run_name=self._run_id,
-                                    tags=self._tags)
+            run = client.create_run(experiment_id(client, self._environ),
+                                    run_name=self._run_id, tags=self._tags)
             self._log.info("MLflow run started", extra={"mlflow_run_id": run.info.run_id})
             self._logged, self._synced = set(), True  # a new run holds no metrics yet
         else:
@@ -223,28 +256,12 @@ class Tracker:
             self._log.warning(f"MLflow run {run_id} does not exist (or was deleted) at "
                               f"{self.uri}; starting another")
             self._resumed = None
-        found = client.search_runs([self._experiment_id()],
+        found = client.search_runs([experiment_id(self._client, self._environ)],
                                    filter_string=f"tags.`{RUN_ID_TAG}` = '{self._run_id}'",
                                    order_by=["attributes.start_time DESC"], max_results=1)
         if found and found[0].info.status != "FINISHED":
             return found[0]
         return None
-
-    def _experiment_id(self) -> str:
-        client = self._client
-        name = self._environ.get("MLFLOW_EXPERIMENT_NAME", "").strip()
-        if name:
-            experiment = client.get_experiment_by_name(name)
-            if experiment is not None:
-                return experiment.experiment_id
-            try:
-                return client.create_experiment(name)
-            except Exception as error:  # noqa: BLE001 - created meanwhile by another job
-                if error_code(error) != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                return client.get_experiment_by_name(name).experiment_id
-        # MLflow's Default experiment when neither variable is set.
-        return self._environ.get("MLFLOW_EXPERIMENT_ID", "").strip() or "0"
 
     def _log_metrics(self, metrics: Mapping[str, Any], step: int, stamp: int) -> None:
         from mlflow.entities import Metric
@@ -261,29 +278,13 @@ class Tracker:
         else:
             self._client.log_artifact(self.mlflow_run_id, str(path))
 
+    def _log_model(self, folder: Path) -> None:
+        self._log_artifact(folder)
+        shutil.rmtree(folder.parent, ignore_errors=True)  # a copy of best.h5: disk, not memory
+
     def _terminate(self, status: str) -> None:
         # The run's id is read when the call is sent: the run may not exist yet when queued.
         self._client.set_terminated(self.mlflow_run_id, status)
-
-    def _register(self, name: str, artifact_path: str) -> None:
-        client = self._client
-        quoted = name.replace("'", "\\'")
-        existing = client.search_model_versions(
-            f"name = '{quoted}' and run_id = '{self.mlflow_run_id}'")
-        if existing:
-            return  # registered by an earlier attempt of this run
-        try:
-            client.create_registered_model(name)
-        except Exception as error:  # noqa: BLE001
-            if error_code(error) != "RESOURCE_ALREADY_EXISTS":
-                raise
-        run = client.get_run(self.mlflow_run_id)
-        version = client.create_model_version(
-            name, f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}",
-            run_id=self.mlflow_run_id, tags={RUN_ID_TAG: self._run_id}, await_creation_for=0)
-        self._log.info(f"registered model {name} version {version.version}",
-                       extra={"mlflow_run_id": self.mlflow_run_id, "model_version":
-                              version.version, "artifact_path": artifact_path})
 
 
 def _is_number(value: Any) -> bool:
