@@ -200,8 +200,9 @@ class ChiefOutputs:
             self.tracker.log_final(json.loads(artifacts.path("metrics.json").read_text()),
                                    [path for path in files if path.exists()])
             self.tracker.register_model()
-            self._end_tracking("FINISHED")
-            record.record(TRACKING, [], {}, settings.run_id)
+            unlogged, self.tracker = self.tracker.end("FINISHED"), None
+            if not unlogged:  # what MLflow did not get, a restart logs again
+                record.record(TRACKING, [], {}, settings.run_id)
         self._end_tracking("FINISHED")
         return write_manifest(artifacts, settings, summary, exports, settings.upload_timeout,
                               stop, stop.upload_seconds_left())
