@@ -304,11 +304,11 @@ def _race_cause(results: R) -> str:
     lines = [f"**Reading.** Whole-process ratio {ratio:.2f} against the 2.0 target. "
              f"{train / wall:.0%} of the job's process is its training steps, and its steps "
              f"run at {rate / their_rate:.2f}x the tutorial's images per second."]
+    dtype = "bfloat16" if setup.get("precision") == "mixed_bfloat16" else "float32"
     if "flops_vgg16" in results and "profile" in results:
         macs = results["flops_vgg16"]["forward_macs"]
         per_image = 6 * macs  # forward + backward = 3 forward passes, 2 FLOPs a multiply-add
         achieved = rate * per_image / 1e9
-        dtype = "bfloat16" if setup.get("precision") == "mixed_bfloat16" else "float32"
         matmul = results["profile"]["matmul_gflops"][dtype]
         lines.append(
             f"VGG16 at 32x32 is {macs / 1e9:.2f} G multiply-adds forward (counted from its "
