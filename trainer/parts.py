@@ -19,7 +19,7 @@ from typing import Any
 from trainer.logs import get_logger
 from trainer.reports.run_page import build_report
 from trainer.serving.formats import export_failure
-from trainer.settings import Settings
+from trainer.settings import Settings, changed_settings
 from trainer.store.artifacts import EVALUATION_FILES, RunArtifacts, run_files, state_place
 from trainer.store.files import sha256_of, write_atomic
 from trainer.store.stores import Store, key_in
@@ -186,6 +186,8 @@ def finish_from_record(settings: Settings, store: Store, environ: Mapping[str, s
             or fingerprint.get("fine_tune_epochs") != settings.fine_tune_epochs
             or summary.get("monitor") != settings.monitor):
         return None
+    if not _same_settings(store, settings):  # the whole way: it names what changed, or resumes
+        return None
     required = required_parts(settings.export_formats,
                               bool(environ.get("MLFLOW_TRACKING_URI", "").strip()))
     if not (content.get("best_sha256") and all(part in content.get("parts", {})
@@ -207,3 +209,14 @@ def finish_from_record(settings: Settings, store: Store, environ: Mapping[str, s
              f"{summary['best_epoch']}; model at {where} in {store.uri}",
              extra={"run_id": settings.run_id, "best_epoch": summary["best_epoch"]})
     return summary
+
+
+def _same_settings(store: Store, settings: Settings) -> bool:
+    """Whether the run's config.json holds its settings and every one that changes the result
+    is the same now (a changed image size or backbone must meet the resume state's check)."""
+    raw = store.read_bytes(key_in(settings.run_key, "config.json"))
+    try:
+        saved = json.loads(raw)["settings"] if raw else None
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(saved, dict) and not changed_settings(saved, settings)
