@@ -7,7 +7,7 @@ in this one invocation, on this machine.
 
 Sections (bench/report.py writes them): the race against the tutorial's `model.fit` (bench/
 tutorial.py), with XLA; pipeline efficiency and a profile of the loop (bench/speed.py); upload
-overhead into S3 on loopback; start-up against a bare script (bench/bare_start.py); BatchNorm
+overhead into S3 on loopback; the finish phase by parts, and the race at the defaults (exports on); start-up against a bare script (bench/bare_start.py); BatchNorm
 across two workers; export time per format; an S3 prefix of 2,000 objects (bench/s3_prefix.py);
 float32 against bfloat16; the GPU estimate (bench/gpu.sh measures it on a GPU node).
 Every run is a process of its own, timed here from its start to its exit (bench/runner.py).
@@ -82,6 +82,15 @@ def race(work: Path, results: dict[str, Any]) -> None:
     results["tutorial"] = _summary(_script("tutorial.py", RACE["EPOCHS"], RACE["BATCH_SIZE"],
                                            RACE["LEARNING_RATE"], _fresh(work / "tutorial")))
     results["job"] = _summary(_job(work, "race"))
+
+
+def finish(work: Path, results: dict[str, Any]) -> None:
+    """The race's job at the user's defaults (EXPORT=savedmodel): each part of the finish timed
+    from its `finish part ... done` line, against a training epoch; then the same run restarted
+    with only its manifest missing (every part recorded: no model, no dataset, no TensorFlow)."""
+    results["finish"] = _summary(_job(work, "finish", EXPORT="savedmodel"))
+    (work / "runs" / "finish" / "manifest.json").unlink()
+    results["finish_restart"] = _summary(_job(work, "finish", EXPORT="savedmodel"))
 
 
 def xla(work: Path, results: dict[str, Any]) -> None:
@@ -167,7 +176,7 @@ def profile(work: Path, results: dict[str, Any]) -> None:
 # In this order: the race's job leaves best.h5 for the export and the first local run for
 # the upload comparison; each comparison's runs follow each other.
 STEPS: dict[str, Callable[[Path, dict[str, Any]], None]] = {
-    "race": race, "upload": upload, "xla": xla, "precision": precision, "startup": startup,
+    "race": race, "finish": finish, "upload": upload, "xla": xla, "precision": precision, "startup": startup,
     "batchnorm": batchnorm, "pipeline": pipeline, "profile": profile, "export": export,
     "prefix": prefix, "streaming": streaming, "flops": flops}
 
@@ -193,7 +202,7 @@ def main() -> None:
         results = json.loads(args.render.read_text())
     else:
         chosen = args.only.split(",") if args.only else list(STEPS)
-        if "upload" in chosen or "precision" in chosen or "export" in chosen:
+        if {"upload", "precision", "export", "finish"} & set(chosen):
             chosen = ["race", *[name for name in chosen if name != "race"]]
         results = {"machine": {**cpu(), "python": platform.python_version(),
                                "tensorflow": _version("tensorflow", "tensorflow-cpu"),

@@ -98,7 +98,8 @@ to its exit, both timed by `bench/bench.py` around a subprocess. Images are scik
         parts.append(summary)
     for name, section in (("job", _race), ("pipeline", _pipeline), ("profile", _profile),
                           ("upload_moto", _upload), ("startup_job", _startup),
-                          ("bn_step", _batchnorm), ("export", _export), ("prefix", _prefix),
+                          ("bn_step", _batchnorm), ("export", _export), ("finish", _finish),
+                          ("prefix", _prefix),
                           ("streaming", _streaming), ("precision_other", _precision)):
         if name in results:
             parts.append(section(results))
@@ -303,11 +304,11 @@ def _race_cause(results: R) -> str:
     lines = [f"**Reading.** Whole-process ratio {ratio:.2f} against the 2.0 target. "
              f"{train / wall:.0%} of the job's process is its training steps, and its steps "
              f"run at {rate / their_rate:.2f}x the tutorial's images per second."]
+    dtype = "bfloat16" if setup.get("precision") == "mixed_bfloat16" else "float32"
     if "flops_vgg16" in results and "profile" in results:
         macs = results["flops_vgg16"]["forward_macs"]
         per_image = 6 * macs  # forward + backward = 3 forward passes, 2 FLOPs a multiply-add
         achieved = rate * per_image / 1e9
-        dtype = "bfloat16" if setup.get("precision") == "mixed_bfloat16" else "float32"
         matmul = results["profile"]["matmul_gflops"][dtype]
         lines.append(
             f"VGG16 at 32x32 is {macs / 1e9:.2f} G multiply-adds forward (counted from its "
@@ -563,11 +564,56 @@ def _export(results: R) -> str:
 {e['model_megabytes']:.0f} MB), one format per call (`bench/speed.py export`), with 64 validation
 images as references.
 Writing includes rebuilding the serving model (uint8 input, resize and preprocessing inside);
-the check loads the export with its own runtime in a fresh process and compares it with
-best.h5.
+the check loads the export from disk with its own runtime (ONNX and LiteRT in a fresh process,
+the SavedModel in the exporting process) and compares it with best.h5.
 
 """ + _table(["format", "status", "write, s", "check, s", "whole call, s", "size, MB",
               "max difference from best.h5"], rows)
+
+
+def _finish(results: R) -> str:
+    """The finish's parts from the `finish part ... done` lines of the job at its defaults."""
+    run, restart = results["finish"], results.get("finish_restart")
+    epochs = _epochs(run)
+    previous, rows = epochs[-1]["t"], []
+    for row in run["lines"]:
+        message = str(row.get("message", ""))
+        if message.startswith("finish part ") and message.endswith(" done"):
+            rows.append([message.removeprefix("finish part ").removesuffix(" done"),
+                         _f(row["t"] - previous, 2)])
+            previous = row["t"]
+    ended = _t(run, next(str(row["message"]) for row in run["lines"]
+                         if str(row.get("message", "")).startswith("run finished")))
+    rows.append(["uploads finished, manifest.json", _f((ended or previous) - previous, 2)])
+    whole = (ended or run["wall"]) - epochs[-1]["t"]
+    epoch = epochs[-1]["seconds"]
+    rows.append(["**the finish, after the last epoch's line**", f"**{whole:.2f}**"])
+    tutorial = results.get("tutorial")
+    race = ""
+    if tutorial is not None:
+        reached = _to_accuracy(run, _best(tutorial))
+        race = (f"\n\nThe race at the defaults (EXPORT=savedmodel, the finish included): the "
+                f"tutorial {tutorial['wall']:.1f} s, the job {run['wall']:.1f} s, "
+                f"{tutorial['wall'] / run['wall']:.2f}x; best val_accuracy "
+                f"{_best(tutorial):.3f} against {_best(run):.3f}; the job reached the "
+                f"tutorial's best ({_best(tutorial):.3f}) "
+                + ("never" if reached is None else f"{reached:.1f} s after its start") + ".")
+    again = ""
+    if restart is not None:
+        redone = [str(row["message"]) for row in restart["lines"]
+                  if str(row.get("message", "")).startswith(("finish part ", "training setup"))]
+        again = (f" Restarted with only `manifest.json` missing (every part recorded), the same "
+                 f"run took {restart['wall']:.1f} s, whole process, "
+                 + (f"and logged {', '.join(redone)}." if redone else
+                    "building no model and making no part again."))
+    return f"""## 6b. The finish phase, by parts
+
+The race's job at the user's defaults (`EXPORT=savedmodel`), one run: seconds of each part of
+what follows the last epoch, from the time of the log line before it to its own `finish part ...
+done` line (the first part includes saving the last epoch's state, best.h5 and curves). The
+last epoch trained in {epoch:.1f} s; the whole finish cost {whole / epoch:.2f} epochs.{again}
+
+""" + _table(["part", "seconds"], rows) + race
 
 
 def _prefix(results: R) -> str:

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from trainer.data.load import Dataset
 from trainer.data.pipeline import first_images
+from trainer.parts import Export, OnDone
 from trainer.reports.evaluation import evaluate
 from trainer.serving.export import export_model
 from trainer.settings import Settings
@@ -32,13 +33,14 @@ def evaluator(dataset: Dataset, image_size: int, preprocess: Callable[[tf.Tensor
     return evaluate_best
 
 
-def exporter(settings: Settings, dataset: Dataset, image_size: int
-             ) -> Callable[[Path, Path], dict[str, dict[str, Any]]]:
-    """EXPORT's formats of the saved best.h5, each checked on validation images."""
+def exporter(settings: Settings, dataset: Dataset, image_size: int) -> Export:
+    """`formats` (those of EXPORT not exported yet) of the saved best.h5, each checked on
+    validation images, `on_done` called as each is checked."""
 
-    def export_best(model_path: Path, folder: Path) -> dict[str, dict[str, Any]]:
+    def export_best(model_path: Path, folder: Path, formats: list[str], on_done: OnDone
+                    ) -> dict[str, dict[str, Any]]:
         reference = first_images(dataset.val, image_size, REFERENCE_IMAGES)
-        return export_model(model_path, folder, settings.export_formats,
-                            reference_images=reference.images, name=settings.run_id)
+        return export_model(model_path, folder, formats, reference_images=reference.images,
+                            name=settings.run_id, on_done=on_done)
 
     return export_best

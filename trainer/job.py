@@ -23,10 +23,12 @@ from trainer.data.stream_failures import stream_failures_raised
 from trainer.data.tfrecords import Remote
 from trainer.errors import ConfigError
 from trainer.logs import get_logger
+from trainer.parts import finish_from_record
 from trainer.serving.formats import check_export_runtimes
 from trainer.settings import Settings, changed_settings
 from trainer.store.failures import clear_failure, record_failure
 from trainer.store.stores import Store, key_in, open_store
+from trainer.tracking.hypertune import TunedMetric
 
 
 def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
@@ -48,6 +50,15 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
     cluster, _ = resolve_cluster(platform.environ)
     if cluster.is_chief:
         clear_failure(store, settings.run_key)
+    # Training and the finish's every part done (only an upload or the manifest missing): no
+    # TensorFlow, model or dataset. Several workers go the whole way together (trainer.parts).
+    summary = None if cluster.is_multi_worker else finish_from_record(settings, store,
+                                                                       platform.environ)
+    if summary is not None:
+        tuned = TunedMetric.from_environ(platform.environ, settings.monitor)
+        if tuned is not None:  # as after a restart that had no epoch left to train
+            tuned.report(summary["best_value"], summary["epochs_done"])
+        return
     try:
         dataset = load_run_dataset(settings, cluster.task_position)
         weights = None if settings.weights == "none" else fetch_if_remote(

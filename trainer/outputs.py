@@ -7,16 +7,17 @@ workers, so the training code never asks who it is. The order, and why:
    epoch is the best (a restart between the two republishes it from the state), then the
    curves and TensorBoard events, and `history.json` last: it is what readers take as "this
    epoch is done";
-3. at the end: the evaluation and the report, every upload finished, then `manifest.json`,
-   which lists every artifact with its sha256 and says the run finished.
+3. at the end: the evaluation, the report and the exports, each recorded as a part done with
+   the resume state (trainer/parts.py: a restart redoes only what is missing), every upload
+   finished, then `manifest.json`, which lists every artifact with its sha256 and says the run
+   finished.
 No TensorFlow here: the model, the checkpoint and the evaluation come from the caller."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -24,13 +25,20 @@ import numpy as np
 from trainer.data.splits import Dataset, Split, pixels
 from trainer.errors import TrainerError
 from trainer.logs import get_logger
+from trainer.parts import (
+    MANIFEST_EXPORT_FIELDS,
+    TRACKING,
+    Evaluate,
+    Export,
+    FinishRecord,
+    make_parts,
+    write_manifest,
+)
 from trainer.reports.plots import save_curves, save_samples
-from trainer.reports.run_page import build_report
-from trainer.serving.formats import export_failure
 from trainer.settings import Settings
 from trainer.state import LoopState, keep_best, restore_best, save_state
-from trainer.store.artifacts import EVALUATION_FILES, HistoryRow, RunArtifacts
-from trainer.store.files import sha256_of, write_atomic
+from trainer.store.artifacts import HistoryRow, RunArtifacts
+from trainer.store.files import sha256_of
 from trainer.tracking.mlflow_run import Tracker
 
 if TYPE_CHECKING:
@@ -41,10 +49,8 @@ if TYPE_CHECKING:
     from trainer.tracking.scalars import ScalarLog
 
 SAMPLES_SHOWN = 32
-# What manifest.json says of each export (docs/serving.md shows them; tests/test_readme.py).
-MANIFEST_EXPORT_FIELDS = ("status", "max_abs_difference", "error")
-Evaluate = Callable[[Path, Path], dict[str, Any]]  # (best.h5, folder) -> metrics.json content
-Export = Callable[[Path, Path], dict[str, dict[str, Any]]]  # (best.h5, folder) -> per format
+__all__ = ["MANIFEST_EXPORT_FIELDS", "Evaluate", "Export", "ChiefOutputs", "WorkerOutputs",
+           "run_config"]
 
 
 class Outputs(Protocol):
@@ -111,9 +117,10 @@ class ChiefOutputs:
         if not state.history:
             return state
         self.artifacts.write_history(state.history)
-        self._adopt_earlier_files()
+        self.artifacts.adopt_stored()
         if state.holds_the_best_weights:
-            self._save_best(model, state)
+            if not self._adopt_recorded_best(state):
+                self._save_best(model, state)
         elif self.artifacts.adopt("best.h5", state.best_sha256) or (
                 self.state_files is not self.artifacts
                 and restore_best(self.state_files, self.artifacts, state.best_sha256)):
@@ -126,17 +133,16 @@ class ChiefOutputs:
             return dataclasses.replace(state, best_value=None, best_epoch=0)
         return state
 
-    def _adopt_earlier_files(self) -> None:
-        """What earlier attempts stored stays part of the run and of its manifest: pictures,
-        TensorBoard event files (each attempt writes its own), the restored state's files;
-        not the states that would have to be downloaded only to be listed."""
-        prefix = self.artifacts.key("")
-        for key in self.artifacts.store.list_keys(prefix):
-            name = key.removeprefix(prefix)
-            if name in self.artifacts.published or name == "manifest.json":
-                continue
-            if not name.startswith("state/") or self.artifacts.path(name).is_file():
-                self.artifacts.adopt(name, None)
+    def _adopt_recorded_best(self, state: LoopState) -> bool:
+        """After the last epoch: the best.h5 the finish's parts were made from, if the record
+        is of this training and the file is intact (saved again, its digest would differ)."""
+        record = FinishRecord.load(self.state_files, self.artifacts)
+        if record.summary.get("epochs_done") != state.epoch or not record.best_sha256:
+            return False
+        if not self.artifacts.adopt("best.h5", record.best_sha256):
+            return False
+        self.best_sha256 = record.best_sha256
+        return True
 
     def epoch_done(self, state: LoopState, improved: bool, model: keras.Model,
                    checkpoint: tf.train.Checkpoint) -> None:
@@ -182,56 +188,32 @@ class ChiefOutputs:
 
     def finish(self, state: LoopState, evaluate: Evaluate, export: Export,
                stop: StopRequest) -> str:
-        """The evaluation, the report, the serving exports, then the manifest once everything
-        it lists is stored; returns where best.h5 is."""
+        """The evaluation, the report, the serving exports, MLflow, each skipped where the
+        record says it is done from this best.h5; then the manifest once everything it lists
+        is stored; returns where best.h5 is."""
         settings, artifacts = self.settings, self.artifacts
         self.scalars.close()
-        summary = {"status": "finished", "best_epoch": state.best_epoch,
-                   "best_value": state.best_value, "monitor": settings.monitor}
-        metrics = evaluate(artifacts.path("best.h5"), artifacts.local_dir)
-        page = build_report(artifacts.local_dir, settings.run_id, summary)
-        write_atomic(artifacts.path("report.html"), page.encode())
-        for name in (*EVALUATION_FILES, "report.html"):
-            artifacts.publish(name)
-        get_logger().info("evaluated the best model", extra={
-            "run_id": settings.run_id, **{key: metrics[key] for key in
-                                          ("accuracy", "macro_f1", "top5_accuracy")
-                                          if key in metrics}})
-        exports = self._export(export)
-        failed = {kind: result for kind, result in exports.items() if result["status"] == "failed"}
-        if self.tracker is not None:
+        summary = {"best_epoch": state.best_epoch, "best_value": state.best_value,
+                   "monitor": settings.monitor, "epochs_done": len(state.history),
+                   "stopped_early": len(state.history) < settings.total_epochs}
+        record = FinishRecord.load(self.state_files, artifacts)
+        record.begin(self.best_sha256, summary)
+        exports = make_parts(record, settings, summary, evaluate, export)
+        failed = any(result["status"] == "failed" for result in exports.values())
+        status = "FAILED" if failed else "FINISHED"  # a re-run retries the export
+        if self.tracker is not None and record.done(TRACKING) is None:
             files = [artifacts.path(name) for name in ("best.h5", "export", "report.html",
                                                        "curves.png", "metrics.json")]
-            self.tracker.log_final(metrics, [path for path in files if path.exists()])
+            self.tracker.log_final(json.loads(artifacts.path("metrics.json").read_text()),
+                                   [path for path in files if path.exists()])
             self.tracker.log_model(artifacts.path("best.h5"))  # what register_model registers
             self.tracker.register_model()
-            self.tracker.ending("FAILED" if failed else "FINISHED")  # sent while uploading
-        artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
-        summary["status"] = "failed" if failed else "finished"  # a re-run retries the export
-        manifest = artifacts.manifest(**summary, epochs_done=len(state.history),
-                                      stopped_early=len(state.history) < settings.total_epochs,
-                                      exports=exports)
-        artifacts.write_json("manifest.json", manifest)
-        artifacts.finish_uploads(settings.upload_timeout, stop, stop.upload_seconds_left())
-        self.end_tracking("FAILED" if failed else "FINISHED", stop)
-        if failed:
-            raise export_failure(failed, settings.run_id, artifacts.store.uri.rstrip("/") + "/"
-                                 + artifacts.key(""))
-        return artifacts.key("best.h5")
-
-    def _export(self, export: Export) -> dict[str, dict[str, Any]]:
-        """EXPORT's formats of best.h5, published; per format its status and difference."""
-        if not self.settings.export_formats:
-            return {}
-        results = export(self.artifacts.path("best.h5"), self.artifacts.path("export"))
-        for result in results.values():
-            for name in result["files"]:
-                self.artifacts.publish(f"export/{name}")
-        get_logger().info("exported the best model", extra={
-            "run_id": self.settings.run_id, "exports": {
-                kind: result["status"] for kind, result in results.items()}})
-        return {kind: {key: result[key] for key in MANIFEST_EXPORT_FIELDS if key in result}
-                for kind, result in results.items()}
+            unlogged = self._end_tracker(status, stop)
+            if status == "FINISHED" and not unlogged:  # else a restart logs it again
+                record.record(TRACKING, [], {}, settings.run_id)
+        self.end_tracking(status, stop)
+        return write_manifest(artifacts, settings, summary, exports, settings.upload_timeout,
+                              stop, stop.upload_seconds_left())
 
     def _save_state(self, checkpoint: tf.train.Checkpoint, state: LoopState) -> None:
         """The state, with best.h5's digest unless its own weights are the best (then a restart
@@ -244,14 +226,19 @@ class ChiefOutputs:
                    self.fingerprint)
 
     def end_tracking(self, status: str, stop: StopRequest) -> None:
+        self._end_tracker(status, stop)
+
+    def _end_tracker(self, status: str, stop: StopRequest) -> list[str]:
         """The MLflow run ended (as the status queued first), waiting at most UPLOAD_TIMEOUT,
-        after SIGTERM at most what is left of the grace period, for what is queued."""
-        if self.tracker is not None:
-            seconds = self.settings.upload_timeout
-            if stop.is_set():
-                seconds = min(seconds, stop.upload_seconds_left())
-            self.tracker.end(status, seconds)
-            self.tracker = None
+        after SIGTERM at most what is left of the grace period, for what is queued; returns
+        what MLflow did not get."""
+        tracker, self.tracker = self.tracker, None
+        if tracker is None:
+            return []
+        seconds = self.settings.upload_timeout
+        if stop.is_set():
+            seconds = min(seconds, stop.upload_seconds_left())
+        return tracker.end(status, seconds)
 
     def _save_best(self, model: keras.Model, state: LoopState) -> None:
         self.artifacts.save_model(model, "best.h5", {**self.metadata, "epoch": state.best_epoch})

@@ -1,6 +1,6 @@
-"""Serving exports: SavedModel, ONNX (with a Triton repository) and LiteRT, each loaded by its
-own runtime in a fresh process and compared with best.h5; `trainer predict` on the exports;
-`trainer export`; a bfloat16-trained model exported in float32.
+"""Serving exports: SavedModel, ONNX (with a Triton repository) and LiteRT, each loaded from
+disk by its own runtime (ONNX and LiteRT in a fresh process) and compared with best.h5;
+`trainer predict` on the exports; `trainer export`; a bfloat16-trained model exported in float32.
 
     flock /tmp/tf.lock python -m pytest tests/serving/test_export.py -q
 """

@@ -1,7 +1,7 @@
 """Every backbone family BACKBONE accepts exports to every format through the real path
 (trainer.serving.export.export_model): one representative per family, built with WEIGHTS=none at
 the family's smallest IMAGE_SIZE, saved as the job saves best.h5, written as SavedModel, ONNX
-(the model Triton serves) and LiteRT, each loaded by its own runtime in a fresh process and
+(the model Triton serves) and LiteRT, each loaded from disk by its own runtime and
 compared with best.h5 (largest absolute difference within PARITY_TOLERANCE).
 
 `make test` runs the families whose conversion needed special handling (EfficientNet: its

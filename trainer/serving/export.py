@@ -1,13 +1,15 @@
-"""Serving exports of a trained model (best.h5), each checked against it in a fresh process.
+"""Serving exports of a trained model (best.h5), each loaded back from disk and checked against it.
 
     results = export_model(Path("runs/RUN/best.h5"), Path("runs/RUN/export"),
                            ["savedmodel", "onnx", "litert"], reference_images=val_pixels)
 
 writes `savedmodel/1/` (TF Serving, KServe, Vertex AI), `onnx/model.onnx` with a Triton model
 repository `triton/NAME/`, `litert/model.tflite`, and `labels.txt`. A model trained in mixed
-precision is rebuilt in float32 first. Every export is then loaded by its own runtime in a
-separate process (trainer/serving/runtimes.py) and compared with the Keras model on the same images
-with the training preprocessing; above PARITY_TOLERANCE the format is `failed`.
+precision is rebuilt in float32 first. Every export is then loaded from disk by its own runtime
+(trainer/serving/runtimes.py) and compared with the Keras model on the same images with the training
+preprocessing; above PARITY_TOLERANCE the format is `failed`. ONNX and LiteRT are checked in a
+process of their own, which imports no TensorFlow (as a serving host runs them); the SavedModel in
+this process, which holds TensorFlow already: a second process would only import it again.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import tensorflow as tf
 from trainer.data import images
 from trainer.logs import get_logger
 from trainer.serving.converters import WRITERS, ServingModel, folders, predictor
-from trainer.serving.runtimes import LABELS
+from trainer.serving.runtimes import LABELS, check
 from trainer.store.artifacts import read_model_metadata
 
 PARITY_TOLERANCE = 1e-3
@@ -83,7 +84,9 @@ def _source(model_h5: Path) -> ServingModel:
 
 def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
                  reference_images: Sequence[np.ndarray] | np.ndarray | None = None,
-                 name: str = "classifier") -> dict[str, dict[str, Any]]:
+                 name: str = "classifier",
+                 on_done: Callable[[str, dict[str, Any]], None] | None = None
+                 ) -> dict[str, dict[str, Any]]:
     """Write `formats` of `model_h5` into `out_dir`, and check each against it.
 
     `reference_images`: uint8 images of any size (H x W, H x W x 1 or H x W x 3), e.g.
@@ -92,7 +95,8 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     `max_abs_difference` from best.h5 (None where the export or its check failed; `error`
     then says why), `seconds` (writing), `check_seconds` and `files` (relative to `out_dir`,
     labels.txt included). A failed export is logged, its files removed (nothing broken is
-    left to publish), and returned, never raised.
+    left to publish), and returned, never raised. `on_done(format, result)` is called as soon
+    as a format is written and checked (the finish records it as a part done).
     """
     source = _source(Path(model_h5))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,35 +106,46 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
             0, 256, (16, source.image_size, source.image_size, 3), dtype=np.uint8)
     batch = images.batch(list(reference_images)[:MAX_REFERENCE_IMAGES], source.image_size)
     results: dict[str, dict[str, Any]] = {}
-    written: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="trainer-export-") as scratch:
+        data = _reference_data(source, batch, Path(scratch))
         for kind in formats:
-            _remove(kind, out_dir, name)
-            started = time.monotonic()
-            try:
-                written[kind] = WRITERS[kind](source, out_dir, name)
-                results[kind] = {"status": "ok", "max_abs_difference": None}
-            except Exception as raised:  # noqa: BLE001 - a converter that fails fails its format
-                get_logger().debug(f"the {kind} export raised", exc_info=True)
+            written, results[kind] = _write(kind, source, out_dir, name)
+            result = results[kind]
+            if written is not None:
+                difference, error, seconds = _check(kind, written, data)
+                result.update(max_abs_difference=difference, check_seconds=round(seconds, 2))
+                if error is None and difference is not None and difference > PARITY_TOLERANCE:
+                    error = (f"differs from best.h5 by {difference:.3g} (more than "
+                             f"{PARITY_TOLERANCE})")
+                if error:
+                    result.update(status="failed", error=error)
+            if result["status"] == "failed":
                 _remove(kind, out_dir, name)
-                results[kind] = {"status": "failed", "max_abs_difference": None,
-                                 "error": f"{type(raised).__name__}: {_line(str(raised))}"}
-            results[kind]["seconds"] = round(time.monotonic() - started, 2)
-        checks = _check_in_processes(written, _reference_data(source, batch, Path(scratch)))
-    for kind, result in results.items():
-        if kind in checks:
-            difference, error, seconds = checks[kind]
-            result.update(max_abs_difference=difference, check_seconds=round(seconds, 2))
-            if error is None and difference is not None and difference > PARITY_TOLERANCE:
-                error = f"differs from best.h5 by {difference:.3g} (more than {PARITY_TOLERANCE})"
-            if error:
-                result.update(status="failed", error=error)
-        if result["status"] == "failed":
-            _remove(kind, out_dir, name)
-            get_logger().warning(f"the {kind} export failed: {result['error']}", extra={
-                "format": kind, "max_abs_difference": result["max_abs_difference"]})
-        result["files"] = _files(kind, out_dir, name) if result["status"] == "ok" else []
+                get_logger().warning(f"the {kind} export failed: {result['error']}", extra={
+                    "format": kind, "max_abs_difference": result["max_abs_difference"]})
+            result["files"] = _files(kind, out_dir, name) if result["status"] == "ok" else []
+            if on_done is not None:
+                on_done(kind, result)
     return results
+
+
+def _write(kind: str, source: ServingModel, out_dir: Path, name: str
+           ) -> tuple[Path | None, dict[str, Any]]:
+    """One format written (its earlier files replaced): what the check loads (None if it
+    failed), and its status and the seconds it took."""
+    _remove(kind, out_dir, name)
+    started = time.monotonic()
+    written = None
+    try:
+        written = WRITERS[kind](source, out_dir, name)
+        result: dict[str, Any] = {"status": "ok", "max_abs_difference": None}
+    except Exception as raised:  # noqa: BLE001 - a converter that fails fails its format
+        get_logger().debug(f"the {kind} export raised", exc_info=True)
+        _remove(kind, out_dir, name)
+        result = {"status": "failed", "max_abs_difference": None,
+                  "error": f"{type(raised).__name__}: {_line(str(raised))}"}
+    result["seconds"] = round(time.monotonic() - started, 2)
+    return written, result
 
 
 def _line(text: str) -> str:
@@ -170,32 +185,38 @@ def _reference_data(source: ServingModel, batch: np.ndarray, scratch: Path) -> P
     return path
 
 
-def _check_in_processes(written: dict[str, Path], data: Path
-                        ) -> dict[str, tuple[float | None, str | None, float]]:
-    """Each export loaded by its own runtime in its own process (trainer/serving/runtimes.py),
-    all at once: per format, the largest difference, an error (or None) and the seconds it took."""
-    root = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-    def run(kind: str) -> tuple[float | None, str | None, float]:
-        started = time.monotonic()
+def _check(kind: str, path: Path, data: Path) -> tuple[float | None, str | None, float]:
+    """The export as written to disk, loaded by its runtime and run on the reference data: the
+    largest difference from best.h5, an error (or None) and the seconds it took."""
+    started = time.monotonic()
+    if kind == "savedmodel":
         try:
-            done = subprocess.run(
-                [sys.executable, "-m", "trainer.serving.runtimes", "check", kind,
-                 str(written[kind]), str(data)], capture_output=True, text=True, env=env,
-                timeout=CHECK_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            return None, f"its check took over {CHECK_TIMEOUT_SECONDS} s", CHECK_TIMEOUT_SECONDS
-        seconds = time.monotonic() - started
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-            return None, f"loading it in a fresh process failed: {_line(last)}", seconds
-        differences = json.loads(done.stdout.strip().splitlines()[-1])
-        broken = sorted(check for check, value in differences.items() if value is None)
-        if broken:
-            return None, f"wrong or non-finite outputs for {', '.join(broken)}", seconds
-        return max(differences.values()), None, seconds
+            with np.load(data) as npz:
+                differences = check(kind, path, {key: npz[key] for key in npz.files})
+        except Exception as raised:  # noqa: BLE001 - an export that does not load fails
+            get_logger().debug("the savedmodel check raised", exc_info=True)
+            return (None, f"loading it failed: {type(raised).__name__}: {_line(str(raised))}",
+                    time.monotonic() - started)
+        return _verdict(differences, time.monotonic() - started)
+    root = str(Path(__file__).resolve().parents[1])
+    paths = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": paths, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "trainer.serving.runtimes", "check", kind, str(path),
+             str(data)], capture_output=True, text=True, env=env, timeout=CHECK_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        return None, f"its check took over {CHECK_TIMEOUT_SECONDS} s", CHECK_TIMEOUT_SECONDS
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return None, f"loading it in a fresh process failed: {_line(last)}", seconds
+    return _verdict(json.loads(done.stdout.strip().splitlines()[-1]), seconds)
 
-    with ThreadPoolExecutor(max(1, len(written))) as pool:
-        return dict(zip(written, pool.map(run, written), strict=True))
+
+def _verdict(differences: dict[str, float | None], seconds: float
+             ) -> tuple[float | None, str | None, float]:
+    broken = sorted(part for part, value in differences.items() if value is None)
+    if broken:
+        return None, f"wrong or non-finite outputs for {', '.join(broken)}", seconds
+    return max(v for v in differences.values() if v is not None), None, seconds

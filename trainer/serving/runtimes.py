@@ -1,6 +1,7 @@
 """Exported models run by their own runtimes: a SavedModel by TensorFlow's loader, ONNX by
 onnxruntime, LiteRT by its interpreter. `trainer predict` uses these, and so does the parity
-check that `trainer.serving.export` runs in a fresh process per format:
+check that `trainer.serving.export` runs on each export as written to disk (ONNX and LiteRT in a
+fresh process, the SavedModel in the exporting process, which holds TensorFlow already):
 
     python -m trainer.serving.runtimes check onnx export/onnx/model.onnx parity.npz   # prints JSON
 

@@ -91,6 +91,18 @@ class RunArtifacts:
         self.published.add(name)
         return True
 
+    def adopt_stored(self) -> None:
+        """What earlier attempts stored stays part of the run and of its manifest: pictures,
+        TensorBoard event files (each attempt writes its own), the restored state's files;
+        not the states that would have to be downloaded only to be listed."""
+        prefix = self.key("")
+        for key in self.store.list_keys(prefix):
+            name = key.removeprefix(prefix)
+            if name in self.published or name == "manifest.json":
+                continue
+            if not name.startswith("state/") or self.path(name).is_file():
+                self.adopt(name, None)
+
     def remove(self, name: str) -> None:
         """Delete a file here and in the store (after whatever was published before it)."""
         self.path(name).unlink(missing_ok=True)
