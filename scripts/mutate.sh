@@ -11,12 +11,10 @@ bin=${BIN:-.venv/bin}
 "$bin/mutmut" run --max-children "$(nproc)"
 "$bin/mutmut" results --all true >mutants/results.txt
 echo
-echo "module: killed / not killed (of mutants)"
+echo "per module: mutants by status (a timeout is a mutant that stalls the tests: caught)"
 # Names are <module>.x_<function>__mutmut_<n> or <module>.xǁ<class>ǁ<method>__mutmut_<n>.
-awk -F': ' '{ name = $1; sub(/^ +/, "", name); sub(/\.x(_|ǁ).*/, "", name); total[name]++
-       if ($2 == "killed") killed[name]++ }
-     END { for (m in total) printf "  %s: %d killed, %d not (of %d)\n", m, killed[m], total[m] - killed[m], total[m] }' \
-  mutants/results.txt | sort
+awk -F': ' '{ name = $1; sub(/^ +/, "", name); sub(/\.x(_|ǁ).*/, "", name); count[name ": " $2]++ }
+     END { for (k in count) printf "  %s %d\n", k, count[k] }' mutants/results.txt | sort
 echo
 echo "not killed (status: mutant):"
 awk -F': ' '$2 != "killed" { sub(/^ +/, "", $1); print "  " $2 ": " $1 }' mutants/results.txt

@@ -107,6 +107,13 @@ def test_each_range_ends_where_its_message_says(environ: dict[str, str], message
         assert load_settings({**environ, variable: "1"}).fine_tune_layers == 1
 
 
+def test_the_default_words_given_explicitly_are_the_defaults() -> None:
+    """`WEIGHTS=ImageNet` is the ImageNet weights, not a file named so, and `AUGMENT=Auto` is
+    the default, not an unknown augmentation (make mutate found both untested)."""
+    settings = load_settings({"WEIGHTS": "ImageNet", "AUGMENT": "Auto"})
+    assert (settings.weights, settings.augment) == (load_settings({}).weights, "auto")
+
+
 def test_sizes_are_bytes_or_kubernetes_quantities() -> None:
     assert [load_settings({"DATA_CACHE_BYTES": text}).data_cache_bytes
             for text in ("50000", "500M", "20Gi", "1.5T", "64kB")] == [
