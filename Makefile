@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-exports lint bench clean s3-local container-test
+.PHONY: venv run test test-exports lint bench clean s3-local container-test mutate
 
 # The interpreter is checked every time (a .venv that is broken, or made by an unsupported or
 # another given interpreter, is made anew), then '.[dev]' installed when pyproject.toml changed.
@@ -51,6 +51,13 @@ test: lint
 test-exports: venv
 	$(BIN)/python -m pytest -m exports tests/serving/test_families.py
 
+# Mutation testing (mutmut, the `mutate` extra): the modules and fast tests that [tool.mutmut] in
+# pyproject.toml names, then killed/survived per module and the survivors (docs/development.md).
+# Not part of make test.
+mutate: venv
+	$(BIN)/pip install --quiet -e '.[mutate]'
+	BIN=$(BIN) bash scripts/mutate.sh
+
 # Builds the Dockerfile with buildah and runs a tiny job in it against S3 on loopback (root).
 container-test: venv
 	bash scripts/container-test.sh
@@ -62,5 +69,5 @@ bench: venv
 # Removes .venv (make it anew with another interpreter: make clean; make run PYTHON=...),
 # ./runs and the local S3 server's files.
 clean:
-	rm -rf $(VENV) runs s3-data *.egg-info build
+	rm -rf $(VENV) runs s3-data *.egg-info build mutants
 include mk/deploy.mk

@@ -86,6 +86,34 @@ def test_bad_value_is_a_config_error_naming_the_variable(variable: str, value: s
     assert caught.value.exit_code == 2
 
 
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"BATCH_SIZE": "65537"}, "give a whole number >= 1 and <= 65536"),
+    ({"LEARNING_RATE": "0"}, "give a number > 0$"),
+    ({"LABEL_SMOOTHING": "1"}, "give a number >= 0 and < 1$"),
+    ({"FINE_TUNE_EPOCHS": "1", "FINE_TUNE_LAYERS": "10001"}, "give all, or the number N >= 1"),
+])
+def test_each_range_ends_where_its_message_says(environ: dict[str, str], message: str) -> None:
+    """The ends of the ranges (make mutate found them untested): whole numbers include both,
+    fractions include the lower end or not as the message says and exclude the upper one."""
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ)
+    accepted = {"BATCH_SIZE": "65536", "LABEL_SMOOTHING": "0", "FINE_TUNE_LAYERS": "10000",
+                "LEARNING_RATE": "1e-300"}
+    variable = next(name for name in environ if name in accepted)
+    settings = load_settings({**environ, variable: accepted[variable]})
+    assert getattr(settings, variable.lower()) == type(getattr(settings, variable.lower()))(
+        accepted[variable])
+    if variable == "FINE_TUNE_LAYERS":
+        assert load_settings({**environ, variable: "1"}).fine_tune_layers == 1
+
+
+def test_the_default_words_given_explicitly_are_the_defaults() -> None:
+    """`WEIGHTS=ImageNet` is the ImageNet weights, not a file named so, and `AUGMENT=Auto` is
+    the default, not an unknown augmentation (make mutate found both untested)."""
+    settings = load_settings({"WEIGHTS": "ImageNet", "AUGMENT": "Auto"})
+    assert (settings.weights, settings.augment) == (load_settings({}).weights, "auto")
+
+
 def test_sizes_are_bytes_or_kubernetes_quantities() -> None:
     assert [load_settings({"DATA_CACHE_BYTES": text}).data_cache_bytes
             for text in ("50000", "500M", "20Gi", "1.5T", "64kB")] == [

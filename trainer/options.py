@@ -3,6 +3,7 @@ text becomes a value (a ConfigError naming the variable and the fix when it cann
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,44 +42,50 @@ def _fail(variable: str, value: str, expected: str) -> ConfigError:
     return ConfigError(f"{variable}={value!r} is invalid: {expected}")
 
 
+# The parsers below are made once, when OPTIONS is built; each calls a module-level function at
+# parse time, so that `make mutate` (mutmut swaps a function's body per call) reaches their bounds.
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
-    def parse(variable: str, text: str) -> int:
-        expected = f"give a whole number >= {minimum}" + (f" and <= {maximum}" if maximum else "")
-        try:
-            value = int(text)
-        except ValueError:
-            raise _fail(variable, text, expected) from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise _fail(variable, text, expected)
-        return value
+    return functools.partial(_parse_integer, minimum, maximum)
 
-    return parse
+
+def _parse_integer(minimum: int, maximum: int | None, variable: str, text: str) -> int:
+    expected = f"give a whole number >= {minimum}" + (f" and <= {maximum}" if maximum else "")
+    try:
+        value = int(text)
+    except ValueError:
+        raise _fail(variable, text, expected) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise _fail(variable, text, expected)
+    return value
 
 
 def _number(low: float, high: float | None, *, low_inclusive: bool) -> Callable[[str, str], float]:
-    def parse(variable: str, text: str) -> float:
-        expected = f"give a number {'>=' if low_inclusive else '>'} {low:g}"
-        expected += f" and < {high:g}" if high is not None else ""
-        try:
-            value = float(text)
-        except ValueError:
-            raise _fail(variable, text, expected) from None
-        too_low = value < low if low_inclusive else value <= low
-        if too_low or (high is not None and value >= high) or value != value:
-            raise _fail(variable, text, expected)
-        return value
+    return functools.partial(_parse_number, low, high, low_inclusive)
 
-    return parse
+
+def _parse_number(low: float, high: float | None, low_inclusive: bool, variable: str,
+                  text: str) -> float:
+    expected = f"give a number {'>=' if low_inclusive else '>'} {low:g}"
+    expected += f" and < {high:g}" if high is not None else ""
+    try:
+        value = float(text)
+    except ValueError:
+        raise _fail(variable, text, expected) from None
+    too_low = value < low if low_inclusive else value <= low
+    if too_low or (high is not None and value >= high) or value != value:
+        raise _fail(variable, text, expected)
+    return value
 
 
 def _choice(*choices: str, lower: bool = True) -> Callable[[str, str], str]:
-    def parse(variable: str, text: str) -> str:
-        value = text.strip().lower() if lower else text.strip().upper()
-        if value not in choices:
-            raise _fail(variable, text, "choose one of " + ", ".join(choices))
-        return value
+    return functools.partial(_parse_choice, choices, lower)
 
-    return parse
+
+def _parse_choice(choices: tuple[str, ...], lower: bool, variable: str, text: str) -> str:
+    value = text.strip().lower() if lower else text.strip().upper()
+    if value not in choices:
+        raise _fail(variable, text, "choose one of " + ", ".join(choices))
+    return value
 
 
 def _fine_tune_layers(variable: str, text: str) -> int | None:

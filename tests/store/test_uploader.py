@@ -97,6 +97,24 @@ def test_a_delete_drops_a_pending_upload_of_the_same_key(tmp_path: Path) -> None
     assert store.log == ["delete run/state/ckpt-1"]
 
 
+def test_an_upload_drops_a_pending_delete_of_the_same_key(tmp_path: Path) -> None:
+    """A key deleted (a pruned best) then written again: the delete must not run after the new
+    upload and remove it (make mutate found this untested)."""
+    store = RecordingStore(str(tmp_path / "bucket"))
+    store.gate.clear()
+    uploader = Uploader(store, staging=tmp_path / "staging")
+    busy = tmp_path / "busy"
+    busy.write_text("busy")
+    uploader.submit("run/busy", busy)  # the worker waits in this upload until the gate opens
+    uploader.submit_delete("run/best.h5")
+    best = tmp_path / "best.h5"
+    best.write_text("new best")
+    uploader.submit("run/best.h5", best)
+    store.gate.set()
+    uploader.flush(timeout=60)
+    assert store.log == ["put run/busy busy", "put run/best.h5 new best"]
+
+
 def test_an_unexpected_upload_error_ends_the_wait_with_that_error(tmp_path: Path) -> None:
     class Broken(LocalStore):
         def put_file(self, key: str, path: Path) -> None:
