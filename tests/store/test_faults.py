@@ -61,6 +61,8 @@ TRANSIENT = {
     "request timeout": _client_error("RequestTimeout", 400),
     "throttled": _client_error("TooManyRequests", 429),
     "upload wrapping 503": _raised_inside(S3UploadFailedError, _client_error("SlowDown", 503)),
+    "multipart completed, answer cut": _raised_inside(S3UploadFailedError,
+                                                      _client_error("NoSuchUpload", 404)),
 }
 REFUSED = {
     "access denied": _client_error("AccessDenied", 403),

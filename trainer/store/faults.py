@@ -69,7 +69,11 @@ TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTi
                    "RequestTimeoutException", "PriorRequestNotComplete", "Throttling",
                    "ThrottlingException", "RequestThrottled", "TooManyRequestsException",
                    "RequestLimitExceeded", "BandwidthLimitExceeded", "OperationAborted",
-                   "RequestTimeTooSkewed"}
+                   "RequestTimeTooSkewed",
+                   # A multipart upload whose CompleteMultipartUpload got through but whose answer
+                   # was cut: botocore's retry of it finds the upload gone. The object may or may
+                   # not be there; uploading it again (a new multipart upload) is what mends it.
+                   "NoSuchUpload"}
 MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 
