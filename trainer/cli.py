@@ -39,6 +39,7 @@ from trainer.flags import (
 )
 from trainer.job import run_job
 from trainer.logs import filter_native_logs, setup_logging
+from trainer.progress import progress_ticker
 from trainer.redaction import redact
 from trainer.reports.sweep_page import collect_runs, sweep_lines, write_sweep_report
 from trainer.runs import fetch_run, list_runs, rebuild_report, resolve_model
@@ -164,7 +165,7 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
 def export_command(model: str, formats: str, destination: str | None, **options: Any) -> None:
     """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
     differs)."""
-    from trainer.serving.export import export_model  # TensorFlow
+    from trainer.serving.export import export_model, export_steps  # TensorFlow
 
     chosen = parse_formats(formats, "--format")
     check_export_runtimes(chosen)
@@ -175,8 +176,9 @@ def export_command(model: str, formats: str, destination: str | None, **options:
     name = model if not is_file else (path.parent.name if path.stem == "best" else path.stem)
     out = Path(destination) if destination else (
         path.parent / "export" if is_file else Path(model) / "export")
-    results = export_model(path, out, chosen, name="".join(
-        c if c.isalnum() or c in "._-" else "_" for c in name) or "classifier")
+    with progress_ticker("export", str(out), total=export_steps(chosen)) as ticker:
+        results = export_model(path, out, chosen, name="".join(
+            c if c.isalnum() or c in "._-" else "_" for c in name) or "classifier", ticker=ticker)
     click.echo(f"exports of {model} in {out}")
     for kind, result in results.items():
         difference = result["max_abs_difference"]

@@ -13,8 +13,9 @@ import tensorflow as tf
 
 from trainer.data.load import Dataset
 from trainer.data.pipeline import first_images
+from trainer.progress import progress_ticker
 from trainer.reports.evaluation import evaluate
-from trainer.serving.export import export_model
+from trainer.serving.export import export_model, export_steps
 from trainer.settings import Settings
 
 REFERENCE_IMAGES = 64
@@ -38,7 +39,10 @@ def exporter(settings: Settings, dataset: Dataset, image_size: int
 
     def export_best(model_path: Path, folder: Path) -> dict[str, dict[str, Any]]:
         reference = first_images(dataset.val, image_size, REFERENCE_IMAGES)
-        return export_model(model_path, folder, settings.export_formats,
-                            reference_images=reference.images, name=settings.run_id)
+        formats = settings.export_formats
+        with progress_ticker("export", str(folder), total=export_steps(formats),
+                             run_id=settings.run_id) as ticker:
+            return export_model(model_path, folder, formats, reference_images=reference.images,
+                                name=settings.run_id, ticker=ticker)
 
     return export_best

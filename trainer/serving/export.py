@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from trainer.data import images
 from trainer.logs import get_logger
+from trainer.progress import Ticker
 from trainer.serving.converters import WRITERS, ServingModel, folders, predictor
 from trainer.serving.runtimes import LABELS
 from trainer.store.artifacts import read_model_metadata
@@ -83,7 +84,8 @@ def _source(model_h5: Path) -> ServingModel:
 
 def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
                  reference_images: Sequence[np.ndarray] | np.ndarray | None = None,
-                 name: str = "classifier") -> dict[str, dict[str, Any]]:
+                 name: str = "classifier", ticker: Ticker | None = None
+                 ) -> dict[str, dict[str, Any]]:
     """Write `formats` of `model_h5` into `out_dir`, and check each against it.
 
     `reference_images`: uint8 images of any size (H x W, H x W x 1 or H x W x 3), e.g.
@@ -92,7 +94,8 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     `max_abs_difference` from best.h5 (None where the export or its check failed; `error`
     then says why), `seconds` (writing), `check_seconds` and `files` (relative to `out_dir`,
     labels.txt included). A failed export is logged, its files removed (nothing broken is
-    left to publish), and returned, never raised.
+    left to publish), and returned, never raised. `ticker` (trainer.progress, of
+    `export_steps(formats)` items) is told each format as it is written, then the checks.
     """
     source = _source(Path(model_h5))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,9 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     results: dict[str, dict[str, Any]] = {}
     written: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="trainer-export-") as scratch:
-        for kind in formats:
+        for number, kind in enumerate(formats):
+            if ticker is not None:
+                ticker.at(number, kind)
             _remove(kind, out_dir, name)
             started = time.monotonic()
             try:
@@ -116,6 +121,8 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
                 results[kind] = {"status": "failed", "max_abs_difference": None,
                                  "error": f"{type(raised).__name__}: {_line(str(raised))}"}
             results[kind]["seconds"] = round(time.monotonic() - started, 2)
+        if ticker is not None:
+            ticker.at(len(formats), "checks of " + ",".join(written))
         checks = _check_in_processes(written, _reference_data(source, batch, Path(scratch)))
     for kind, result in results.items():
         if kind in checks:
@@ -130,7 +137,15 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
             get_logger().warning(f"the {kind} export failed: {result['error']}", extra={
                 "format": kind, "max_abs_difference": result["max_abs_difference"]})
         result["files"] = _files(kind, out_dir, name) if result["status"] == "ok" else []
+    if ticker is not None:
+        ticker.at(export_steps(formats), None)
     return results
+
+
+def export_steps(formats: Sequence[str]) -> int:
+    """The items of an export's progress: each format written, then their checks (side by
+    side, one item)."""
+    return len(formats) + 1
 
 
 def _line(text: str) -> str:

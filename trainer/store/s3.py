@@ -27,6 +27,7 @@ from trainer.store.mirror import (
     cache_lock,
     mirror,
 )
+from trainer.store.stores import Progress
 
 
 class ClientLimits(NamedTuple):
@@ -157,18 +158,19 @@ class S3Store:
         except Exception as error:
             self._raise(error, key)
 
-    def put_file(self, key: str, path: Path) -> None:
-        """s3transfer uploads big files in parts; S3 shows the object only once whole."""
+    def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
+        """s3transfer uploads big files in parts; S3 shows the object only once whole.
+        `progress(bytes)` is s3transfer's callback as parts go (negative when one is retried)."""
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(key))
+            self.client.upload_file(str(path), self.bucket, self._key(key), Callback=progress)
         except Exception as error:
             self._raise(error, key)
 
-    def get_file(self, key: str, path: Path) -> bool:
+    def get_file(self, key: str, path: Path, progress: Progress | None = None) -> bool:
         """s3transfer writes a temporary file beside `path` and renames it when complete."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.download_file(self.bucket, self._key(key), str(path))
+            self.client.download_file(self.bucket, self._key(key), str(path), Callback=progress)
         except Exception as error:
             if is_missing(error):
                 return False
