@@ -39,13 +39,13 @@ from trainer.flags import (
 )
 from trainer.job import run_job
 from trainer.logs import filter_native_logs, setup_logging
-from trainer.progress import progress_ticker
 from trainer.redaction import redact
 from trainer.reports.sweep_page import collect_runs, sweep_lines, write_sweep_report
 from trainer.runs import fetch_run, list_runs, rebuild_report, resolve_model
 from trainer.serving.formats import check_export_runtimes, parse_formats
 from trainer.settings import check_run_id, default_of, load_settings
 from trainer.sweep import check_name, run_sweep, sweep_environ
+from trainer.ticker import progress_ticker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

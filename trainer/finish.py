@@ -13,10 +13,10 @@ import tensorflow as tf
 
 from trainer.data.load import Dataset
 from trainer.data.pipeline import first_images
-from trainer.progress import progress_ticker
 from trainer.reports.evaluation import evaluate
 from trainer.serving.export import export_model, export_steps
 from trainer.settings import Settings
+from trainer.ticker import progress_ticker
 
 REFERENCE_IMAGES = 64
 

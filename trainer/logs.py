@@ -55,7 +55,7 @@ class Redacting(logging.Filter):
 
 
 class TerminalHandler(logging.StreamHandler):
-    """Text lines on a terminal, with a progress bar (trainer.progress) on the line below them:
+    """Text lines on a terminal, with a progress bar (trainer.ticker) on the line below them:
     redrawn in place with a carriage return, cleared before each log line and drawn after it."""
 
     bar = ""

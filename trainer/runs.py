@@ -7,13 +7,13 @@ import tempfile
 from pathlib import Path
 
 from trainer.errors import DataError, StorageError
-from trainer.progress import progress_ticker
 from trainer.reports.run_page import PICTURES, build_report
 from trainer.serving.runtimes import saved_model_version
 from trainer.store.artifacts import EVALUATION_FILES
 from trainer.store.failures import read_failure
 from trainer.store.files import sha256_of, write_atomic
 from trainer.store.stores import Store
+from trainer.ticker import progress_ticker
 
 FETCHED = ("best.h5", "config.json", "history.json", "manifest.json")
 OPTIONAL_FETCHED = (*EVALUATION_FILES, "report.html", "curves.png", "samples.png", "history.csv")

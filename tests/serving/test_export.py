@@ -352,10 +352,10 @@ def test_trainer_export_logs_which_format_runs_and_how_many_are_done(
         capsys: pytest.CaptureFixture) -> None:
     """Each format is one long call: a line at least every PROGRESS_SECONDS (shortened here)
     names the one running, the formats done of those asked, and the time so far."""
-    from trainer import progress
+    import trainer.ticker
     from trainer.cli import main
 
-    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.2)
+    monkeypatch.setattr(trainer.ticker, "PROGRESS_SECONDS", 0.2)
     assert main(["export", str(exported["h5"]), "--format", "litert", "--to",
                  str(tmp_path / "out"), "--log-level", "INFO"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()

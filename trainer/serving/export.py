@@ -32,10 +32,10 @@ import tensorflow as tf
 
 from trainer.data import images
 from trainer.logs import get_logger
-from trainer.progress import Ticker
 from trainer.serving.converters import WRITERS, ServingModel, folders, predictor
 from trainer.serving.runtimes import LABELS
 from trainer.store.artifacts import read_model_metadata
+from trainer.ticker import Ticker
 
 PARITY_TOLERANCE = 1e-3
 MAX_REFERENCE_IMAGES = 64
@@ -94,7 +94,7 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     `max_abs_difference` from best.h5 (None where the export or its check failed; `error`
     then says why), `seconds` (writing), `check_seconds` and `files` (relative to `out_dir`,
     labels.txt included). A failed export is logged, its files removed (nothing broken is
-    left to publish), and returned, never raised. `ticker` (trainer.progress, of
+    left to publish), and returned, never raised. `ticker` (trainer.ticker, of
     `export_steps(formats)` items) is told each format as it is written, then the checks.
     """
     source = _source(Path(model_h5))

@@ -26,9 +26,9 @@ from typing import Any, NamedTuple
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.subscribers import BaseSubscriber
 
-from trainer.progress import Ticker, progress_ticker
 from trainer.store.faults import is_missing, storage_error
 from trainer.store.keys import check_layout, local_path
+from trainer.ticker import Ticker, progress_ticker
 
 MIRROR_CONCURRENCY = 16
 MARKERS = ".etags"
@@ -136,7 +136,7 @@ class KnownSize(BaseSubscriber):
 
 
 class _Counted(BaseSubscriber):
-    """s3transfer's progress of every object, into one ticker (trainer.progress)."""
+    """s3transfer's progress of every object, into one ticker (trainer.ticker)."""
 
     def __init__(self, ticker: Ticker) -> None:
         self.ticker = ticker

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from trainer.errors import Terminated, TransientError, UploadsUnfinished
 from trainer.logs import get_logger
-from trainer.progress import Ticker, progress_ticker
 from trainer.store.stores import Store
+from trainer.ticker import Ticker, progress_ticker
 
 MAX_BACKOFF_SECONDS = 30.0
 
@@ -47,6 +47,8 @@ class Uploader:
         self._deletes: dict[str, _Job] = {}
         self._in_flight: _Job | None = None
         self._sent = 0  # bytes of the upload in flight, from s3transfer's Callback
+        self._progress: Ticker | None = None  # the final wait's (flush), while it waits
+        self._counted: set[str] = set()  # the keys it counts the bytes of
         self._numbers = itertools.count()
         self._condition = threading.Condition()
         self._failure: Exception | None = None
@@ -113,6 +115,7 @@ class Uploader:
                     self._sent = 0
                     self.store.put_file(job.key, job.snapshot, progress=self._count)
             except TransientError as error:
+                self._count(-self._sent)  # its bytes go again with the retry
                 if self._closing:  # abandoned: the run has already said what stays local
                     return
                 log.warning(f"upload of {job.key} failed, retrying in {backoff:.0f} s: {error}",
@@ -148,7 +151,11 @@ class Uploader:
                 self._condition.notify_all()
 
     def _count(self, amount: int) -> None:
+        """s3transfer's Callback, from its threads: the bytes of the upload in flight."""
         self._sent += amount
+        ticker, job = self._progress, self._in_flight
+        if ticker is not None and job is not None and job.key in self._counted:
+            ticker.add(bytes_done=amount)
 
     def pending(self) -> list[str]:
         """The keys not yet in the store (uploads, then deletes)."""
@@ -193,21 +200,25 @@ class Uploader:
     @contextmanager
     def _ticker(self) -> Iterator[Ticker]:
         """Called with the condition held: the progress of what is pending now, by file and
-        by byte (trainer.progress), for the lines of a long wait."""
-        self._sizes = {key: _size(job.snapshot) for key, job in self._uploads.items()}
+        by byte (trainer.ticker), for the lines of a long wait."""
+        sizes = {key: _size(job.snapshot) for key, job in self._uploads.items()}
         self._items = len(self._uploads) + len(self._deletes)
         with progress_ticker("upload", self.store.uri, total=self._items,
-                             bytes_total=sum(self._sizes.values())) as ticker:
-            yield ticker
+                             bytes_total=sum(sizes.values())) as ticker:
+            job = self._in_flight
+            if job is not None and job.key in sizes:
+                ticker.add(bytes_done=self._sent)  # sent before the wait began
+            self._counted, self._progress = set(sizes), ticker
+            try:
+                yield ticker
+            finally:
+                self._progress = None
 
     def _tally(self, ticker: Ticker) -> None:
-        """Called with the condition held: the files stored so far, and the bytes of those
-        and of the one in flight."""
-        left = sum(size for key, size in self._sizes.items() if key in self._uploads)
-        in_flight = self._in_flight is not None and self._in_flight.key in self._sizes
-        left -= min(self._sent, left) if in_flight else 0
-        ticker.set(done=max(self._items - len(self._uploads) - len(self._deletes), 0),
-                   bytes_done=sum(self._sizes.values()) - left)
+        """Called with the condition held: the files stored so far, and the one in flight."""
+        job = self._in_flight
+        ticker.at(max(self._items - len(self._uploads) - len(self._deletes), 0),
+                  None if job is None else job.key)
 
     def close(self) -> None:
         """Stop the worker once nothing is pending (at once when uploads are abandoned)."""

@@ -4,7 +4,7 @@ Owns: MLflow tracking (`mlflow_run`) and its best-effort queue of calls (`backlo
 ETA with Kubeflow Trainer's TrainJob status (`progress`), the progress log lines (`run_progress`),
 TensorBoard scalars (`scalars`), and Vertex AI's tuned metric (`hypertune`).
 
-May import: `trainer.errors`, `logs`, `progress`, `redaction`, and the part `store`; never the
+May import: `trainer.errors`, `logs`, `ticker`, `redaction`, and the part `store`; never the
 recipe modules above it. Only `scalars` imports TensorFlow; MLflow is imported inside the
 functions that use it.
 """

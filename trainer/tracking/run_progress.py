@@ -1,7 +1,7 @@
 """A run's progress where people look: `progress` (0 to 1 over the whole run) and `eta_seconds`
 on every progress and epoch log line, a progress line every 30 s within long epochs, and the
 TrainJob's status on Kubeflow Trainer (the chief's reporter; trainer.tracking.progress); on a
-terminal, a bar of the epoch's steps (trainer.progress)."""
+terminal, a bar of the epoch's steps (trainer.ticker)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from trainer.logs import get_logger, terminal_bar
-from trainer.progress import bar_text
 from trainer.store.artifacts import HistoryRow
+from trainer.ticker import bar_text
 from trainer.tracking.progress import Plan, Progress, TrainerStatusReporter
 
 PROGRESS_INTERVAL_SECONDS = 30.0

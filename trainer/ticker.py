@@ -53,11 +53,6 @@ class Ticker:
             self.done += done
             self.bytes_done += bytes_done
 
-    def set(self, done: int, bytes_done: int = 0) -> None:
-        """The items and bytes done so far."""
-        with self._lock:
-            self.done, self.bytes_done = done, bytes_done
-
     def at(self, done: int, running: str | None) -> None:
         """`done` items, and what runs now (None: nothing)."""
         with self._lock:
