@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "trainer"
 # What every part may import from the top: the frozen settings and what they are made of.
-FOUNDATION = {"errors", "logs", "redaction", "settings", "options", "locations"}
+FOUNDATION = {"errors", "logs", "redaction", "ticker", "settings", "options", "locations"}
 SUBPACKAGES = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
 TOP_MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 RECIPE = set(TOP_MODULES) - FOUNDATION

@@ -14,7 +14,8 @@ The recipe is on top, the parts it is made of are below it, one subpackage per c
       outputs, finish       what the chief writes, and when; the end of a run
       runs, sweep, grid     using runs: listing, fetching; grids of runs and their files
       settings, errors,     the foundation every part may import: the frozen settings, the
-      logs, redaction       exceptions with their exit codes, JSON logs, secrets kept out
+      logs, ticker,         exceptions with their exit codes, JSON logs, progress lines and
+      redaction             bars of long steps, secrets kept out
       data/                 datasets, from a location to batches on the devices
       store/                where runs are kept: local folders and S3
       models/               the backbone table and the classifier
@@ -24,8 +25,8 @@ The recipe is on top, the parts it is made of are below it, one subpackage per c
       serving/              exports, their runtimes, predict
 
 Imports run downwards only: a part (a subpackage) imports other parts and the foundation
-(`errors`, `logs`, `redaction`, `settings`, `options`), never the recipe modules above it
-(tests/test_layout.py checks it). Each subpackage's `__init__.py` says what it owns.
+(`errors`, `logs`, `ticker`, `redaction`, `settings`, `options`), never the recipe modules
+above it (tests/test_layout.py checks it). Each subpackage's `__init__.py` says what it owns.
 
 The TensorFlow boundary: `settings`, `job`, the dataset listing (`data.load` and what it uses),
 `store`, `runs`, `outputs` and the CLI import no TensorFlow, so that a bad setting, an

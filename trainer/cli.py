@@ -51,6 +51,7 @@ from trainer.runs import fetch_run, list_runs, rebuild_report, resolve_model
 from trainer.serving.formats import check_export_runtimes, parse_formats
 from trainer.settings import check_run_id, default_of, load_settings
 from trainer.sweep import check_name, run_sweep, sweep_environ
+from trainer.ticker import progress_ticker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -170,7 +171,7 @@ def evaluate(model: str, dataset: str, destination: str, split: str, validation_
 def export_command(model: str, formats: str, destination: str | None, **options: Any) -> None:
     """Serving exports of a run (RUN_ID) or MODEL.h5, each checked against it (exit 1 if any
     differs)."""
-    from trainer.serving.export import export_model  # TensorFlow
+    from trainer.serving.export import export_model, export_steps  # TensorFlow
 
     chosen = parse_formats(formats, "--format")
     check_export_runtimes(chosen)
@@ -181,8 +182,9 @@ def export_command(model: str, formats: str, destination: str | None, **options:
     name = model if not is_file else (path.parent.name if path.stem == "best" else path.stem)
     out = Path(destination) if destination else (
         path.parent / "export" if is_file else Path(model) / "export")
-    results = export_model(path, out, chosen, name="".join(
-        c if c.isalnum() or c in "._-" else "_" for c in name) or "classifier")
+    with progress_ticker("export", str(out), total=export_steps(chosen)) as ticker:
+        results = export_model(path, out, chosen, name="".join(
+            c if c.isalnum() or c in "._-" else "_" for c in name) or "classifier", ticker=ticker)
     click.echo(f"exports of {model} in {out}")
     for kind, result in results.items():
         difference = result["max_abs_difference"]

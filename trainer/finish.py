@@ -15,8 +15,9 @@ from trainer.data.load import Dataset
 from trainer.data.pipeline import first_images
 from trainer.parts import Export, OnDone
 from trainer.reports.evaluation import evaluate
-from trainer.serving.export import export_model
+from trainer.serving.export import export_model, export_steps
 from trainer.settings import Settings
+from trainer.ticker import progress_ticker
 
 REFERENCE_IMAGES = 64
 
@@ -40,7 +41,9 @@ def exporter(settings: Settings, dataset: Dataset, image_size: int) -> Export:
     def export_best(model_path: Path, folder: Path, formats: list[str], on_done: OnDone
                     ) -> dict[str, dict[str, Any]]:
         reference = first_images(dataset.val, image_size, REFERENCE_IMAGES)
-        return export_model(model_path, folder, formats, reference_images=reference.images,
-                            name=settings.run_id, on_done=on_done)
+        with progress_ticker("export", str(folder), total=export_steps(formats),
+                             run_id=settings.run_id) as ticker:
+            return export_model(model_path, folder, formats, reference_images=reference.images,
+                                name=settings.run_id, on_done=on_done, ticker=ticker)
 
     return export_best

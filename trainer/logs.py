@@ -9,6 +9,7 @@ import atexit
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -53,11 +54,40 @@ class Redacting(logging.Filter):
         return True
 
 
+class TerminalHandler(logging.StreamHandler):
+    """Text lines on a terminal, with a progress bar (trainer.ticker) on the line below them:
+    redrawn in place with a carriage return, cleared before each log line and drawn after it."""
+
+    bar = ""
+
+    def show(self, bar: str) -> None:
+        """Draw `bar` (cut to the terminal's width) in place of the last; "" clears it."""
+        with self.lock:  # type: ignore[union-attr] # made by Handler.__init__
+            self.bar = bar[:shutil.get_terminal_size().columns - 1]
+            self.stream.write("\r\x1b[K" + self.bar)
+            self.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.bar:
+            self.stream.write("\r\x1b[K")
+        super().emit(record)
+        if self.bar:
+            self.stream.write(self.bar)
+            self.flush()
+
+
+def terminal_bar() -> TerminalHandler | None:
+    """The handler that draws progress bars, when the log is text on a terminal."""
+    return next((h for h in get_logger().handlers if isinstance(h, TerminalHandler)), None)
+
+
 def setup_logging(level: str = "INFO", log_format: str | None = None) -> logging.Logger:
-    """Configure the `trainer` logger on stdout and quiet TensorFlow unless DEBUG."""
+    """Configure the `trainer` logger on stdout and quiet TensorFlow unless DEBUG; text on a
+    terminal draws progress bars as well."""
     if log_format is None:
         log_format = "text" if sys.stdout.isatty() else "json"
-    handler = logging.StreamHandler(sys.stdout)
+    terminal = log_format == "text" and sys.stdout.isatty()
+    handler = TerminalHandler(sys.stdout) if terminal else logging.StreamHandler(sys.stdout)
     if log_format == "json":
         handler.setFormatter(JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",

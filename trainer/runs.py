@@ -13,6 +13,7 @@ from trainer.store.artifacts import EVALUATION_FILES
 from trainer.store.failures import read_failure, reason_line, run_status
 from trainer.store.files import sha256_of, write_atomic
 from trainer.store.stores import Store
+from trainer.ticker import progress_ticker
 
 FETCHED = ("best.h5", "config.json", "history.json", "manifest.json")
 OPTIONAL_FETCHED = (*EVALUATION_FILES, "report.html", "curves.png", "samples.png", "history.csv")
@@ -81,18 +82,23 @@ def _fetch_files(store: Store, run_id: str, manifest: dict, folder: Path) -> Non
     extras = [name for name in listed if name in OPTIONAL_FETCHED or name.startswith(
         ("tensorboard/", "export/"))]
     folder.mkdir()
-    for name in (*FETCHED, *extras):
-        target = (folder / name).resolve()
-        if folder.resolve() not in target.parents:
-            raise DataError(f"{name} would be written outside {folder}")
-        if name == "manifest.json":
-            target.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            continue
-        if name not in listed or not store.get_file(f"{run_id}/{name}", target):
-            raise StorageError(f"run {run_id} has no {name} in {store.uri}")
-        if sha256_of(target) != listed[name]["sha256"]:
-            raise DataError(f"{name} of run {run_id} does not match the sha256 in its manifest; "
-                            "fetch it again, and if it persists the stored copy is damaged")
+    names = [name for name in (*FETCHED, *extras) if name != "manifest.json"]
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    size = sum(int(listed.get(name, {}).get("size", 0)) for name in names)
+    with progress_ticker("fetch", f"{store.uri.rstrip('/')}/{run_id}", total=len(names),
+                         bytes_total=size) as ticker:
+        for name in names:
+            target = (folder / name).resolve()
+            if folder.resolve() not in target.parents:
+                raise DataError(f"{name} would be written outside {folder}")
+            if name not in listed or not store.get_file(f"{run_id}/{name}", target,
+                                                        progress=ticker.add_bytes):
+                raise StorageError(f"run {run_id} has no {name} in {store.uri}")
+            if sha256_of(target) != listed[name]["sha256"]:
+                raise DataError(f"{name} of run {run_id} does not match the sha256 in its "
+                                "manifest; fetch it again, and if it persists the stored copy "
+                                "is damaged")
+            ticker.add(done=1)
 
 
 def rebuild_report(store: Store, run_id: str) -> str:

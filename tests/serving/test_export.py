@@ -347,6 +347,30 @@ def test_trainer_export_command(exported: dict, tmp_path: Path,
     assert "--format=tflite: unknown format tflite" in capsys.readouterr().err
 
 
+def test_trainer_export_logs_which_format_runs_and_how_many_are_done(
+        exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """Each format is one long call: a line at least every PROGRESS_SECONDS (shortened here)
+    names the one running, the formats done of those asked, and the time so far."""
+    import trainer.ticker
+    from trainer.cli import main
+
+    monkeypatch.setattr(trainer.ticker, "PROGRESS_SECONDS", 0.2)
+    assert main(["export", str(exported["h5"]), "--format", "litert", "--to",
+                 str(tmp_path / "out"), "--log-level", "INFO"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("{")]
+    lines = [line for line in lines if line.get("step") == "export"]
+    assert [line.get("running") for line in lines[:1]] == ["litert"]
+    assert "check of litert" in {line.get("running") for line in lines}
+    done = [line["done"] for line in lines]
+    assert done == sorted(done) and done[-1] == lines[-1]["total"] == 2
+    assert lines[-1]["message"].startswith(f"export {tmp_path / 'out'} finished: 2/2")
+    seconds = [line["elapsed_seconds"] for line in lines]
+    assert seconds == sorted(seconds)
+    logging.getLogger("trainer").handlers.clear()
+
+
 def test_a_missing_runtime_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture) -> None:
     from trainer.cli import main

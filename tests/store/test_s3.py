@@ -214,10 +214,13 @@ def test_long_downloads_log_their_progress(s3_server: S3Server, fault_proxy: Fau
         get_logger().removeHandler(records)
         get_logger().setLevel(level)
     lines = [vars(r) for r in records.buffer if "s3://" in r.getMessage()]
-    assert len(lines) >= 2 and lines[-1]["msg"].startswith(f"downloaded s3://{bucket}/many/")
-    assert [lines[-1][k] for k in ("objects_done", "objects", "bytes_done", "bytes")] == [
-        30, 30, 600_000, 600_000]
-    assert lines[0]["msg"].startswith("downloading") and lines[0]["objects_done"] < 30
+    assert len(lines) >= 2
+    assert lines[-1]["msg"].startswith(f"download s3://{bucket}/many/ finished: 30/30")
+    assert [lines[-1][k] for k in ("step", "done", "total", "bytes_done", "bytes_total")] == [
+        "download", 30, 30, 600_000, 600_000]
+    assert lines[0]["msg"].startswith("download s3://") and lines[0]["done"] < 30
+    done = [line["bytes_done"] for line in lines]
+    assert done == sorted(done)
 
 
 # --- Real network faults through tests/faults.py's proxy (both servers) ---

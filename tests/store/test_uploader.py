@@ -6,17 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import TINY_JOB, Job, S3Server, clean_environ
+from conftest import TINY_JOB, Job, S3Server, clean_environ, trainer_log
 
+import trainer.ticker
 from trainer.errors import Terminated, TransientError
 from trainer.store.s3 import S3Store
-from trainer.store.stores import LocalStore
+from trainer.store.stores import LocalStore, Progress
 from trainer.store.uploader import Uploader
 
 if TYPE_CHECKING:
@@ -34,9 +36,9 @@ class RecordingStore(LocalStore):
         self.gate = threading.Event()
         self.gate.set()
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
         self.gate.wait(timeout=30)
-        super().put_file(key, path)
+        super().put_file(key, path, progress)
         self.log.append(f"put {key} {path.read_text()}")
 
     def delete(self, key: str) -> None:
@@ -117,7 +119,7 @@ def test_an_upload_drops_a_pending_delete_of_the_same_key(tmp_path: Path) -> Non
 
 def test_an_unexpected_upload_error_ends_the_wait_with_that_error(tmp_path: Path) -> None:
     class Broken(LocalStore):
-        def put_file(self, key: str, path: Path) -> None:
+        def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
             raise IsADirectoryError(key)
 
     uploader = Uploader(Broken(str(tmp_path / "bucket")), staging=tmp_path / "staging")
@@ -136,7 +138,7 @@ def test_files_handed_over_during_an_outage_do_not_cut_the_backoff_short(
     failed = threading.Event()
 
     class Down(LocalStore):
-        def put_file(self, key: str, path: Path) -> None:
+        def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
             attempts.append(key)
             failed.set()
             raise TransientError("connection refused")
@@ -180,6 +182,34 @@ def test_sigterm_cuts_the_final_wait_short_with_exit_143(
     assert message.endswith("a rerun with the same RUN_ID resumes from the newest state that "
                             "reached storage without reading them: to keep them, copy each to "
                             "its place in storage before the rerun")
+
+
+def test_the_final_drain_logs_files_and_bytes_as_they_are_stored(
+        s3_server: S3Server, fault_proxy: FaultProxy, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uploads still pending when training ends: a line at least every PROGRESS_SECONDS
+    (shortened here) with the files and bytes stored, s3transfer's own count of the bytes."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(trainer.ticker, "PROGRESS_SECONDS", 0.1)
+    store = S3Store(f"s3://{s3_server.new_bucket()}/runs", fault_proxy.endpoint, "path")
+    fault_proxy.set("throttle", rate=1_000_000, direction="up")  # 1.2 MB: about 1.2 s
+    uploader = Uploader(store, staging=tmp_path / "staging")
+    for number in range(3):
+        (tmp_path / f"part-{number}").write_bytes(os.urandom(400_000))
+        uploader.submit(f"run/part-{number}", tmp_path / f"part-{number}")
+    uploader.submit_delete("run/old")
+    with trainer_log(logging.INFO) as records:
+        uploader.flush(timeout=60)
+    lines = [vars(r) for r in records if getattr(r, "step", None) == "upload"]
+    assert len(lines) >= 3
+    assert [lines[-1][k] for k in ("done", "total", "bytes_done", "bytes_total")] == [
+        4, 4, 1_200_000, 1_200_000]
+    assert lines[-1]["msg"].startswith(f"upload {store.uri} finished: 4/4, 1.2 of 1.2 MB")
+    assert any(line["bytes_done"] % 400_000 for line in lines)  # counted within a file
+    for field in ("done", "bytes_done"):
+        counts = [line[field] for line in lines]
+        assert counts == sorted(counts), counts
 
 
 def test_an_outage_then_its_drain_never_leave_the_store_without_a_state(

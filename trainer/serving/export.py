@@ -36,6 +36,7 @@ from trainer.logs import get_logger
 from trainer.serving.converters import WRITERS, ServingModel, folders, predictor
 from trainer.serving.runtimes import LABELS, check
 from trainer.store.artifacts import read_model_metadata
+from trainer.ticker import Ticker
 
 PARITY_TOLERANCE = 1e-3
 MAX_REFERENCE_IMAGES = 64
@@ -85,7 +86,8 @@ def _source(model_h5: Path) -> ServingModel:
 def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
                  reference_images: Sequence[np.ndarray] | np.ndarray | None = None,
                  name: str = "classifier",
-                 on_done: Callable[[str, dict[str, Any]], None] | None = None
+                 on_done: Callable[[str, dict[str, Any]], None] | None = None,
+                 ticker: Ticker | None = None
                  ) -> dict[str, dict[str, Any]]:
     """Write `formats` of `model_h5` into `out_dir`, and check each against it.
 
@@ -96,7 +98,9 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     then says why), `seconds` (writing), `check_seconds` and `files` (relative to `out_dir`,
     labels.txt included). A failed export is logged, its files removed (nothing broken is
     left to publish), and returned, never raised. `on_done(format, result)` is called as soon
-    as a format is written and checked (the finish records it as a part done).
+    as a format is written and checked (the finish records it as a part done). `ticker`
+    (trainer.ticker, of `export_steps(formats)` items) is told each format and each check
+    as it starts.
     """
     source = _source(Path(model_h5))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,10 +112,14 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="trainer-export-") as scratch:
         data = _reference_data(source, batch, Path(scratch))
-        for kind in formats:
+        for number, kind in enumerate(formats):
+            if ticker is not None:
+                ticker.at(2 * number, kind)
             written, results[kind] = _write(kind, source, out_dir, name)
             result = results[kind]
             if written is not None:
+                if ticker is not None:
+                    ticker.at(2 * number + 1, f"check of {kind}")
                 difference, error, seconds = _check(kind, written, data)
                 result.update(max_abs_difference=difference, check_seconds=round(seconds, 2))
                 if error is None and difference is not None and difference > PARITY_TOLERANCE:
@@ -126,7 +134,14 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
             result["files"] = _files(kind, out_dir, name) if result["status"] == "ok" else []
             if on_done is not None:
                 on_done(kind, result)
+    if ticker is not None:
+        ticker.at(export_steps(formats), None)
     return results
+
+
+def export_steps(formats: Sequence[str]) -> int:
+    """The items of an export's progress: each format written, then checked."""
+    return 2 * len(formats)
 
 
 def _write(kind: str, source: ServingModel, out_dir: Path, name: str

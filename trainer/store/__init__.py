@@ -5,6 +5,6 @@ exit codes (`faults`), prefixes mirrored to a folder (`mirror`), keys confined t
 (`keys`), the background uploader (`uploader`), atomic local writes and digests (`files`), a
 run's files and their order (`artifacts`), and why a run stopped unfinished (`failures`).
 
-May import: `trainer.errors`, `logs`, `redaction`, `settings`; never the recipe modules above it,
-and no TensorFlow (boto3 is imported inside the functions that use it).
+May import: `trainer.errors`, `logs`, `ticker`, `redaction`, `settings`; never the recipe
+modules above it, and no TensorFlow (boto3 is imported inside the functions that use it).
 """

@@ -18,8 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,9 +26,9 @@ from typing import Any, NamedTuple
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.subscribers import BaseSubscriber
 
-from trainer.logs import get_logger
 from trainer.store.faults import is_missing, storage_error
 from trainer.store.keys import check_layout, local_path
+from trainer.ticker import Ticker, progress_ticker
 
 MIRROR_CONCURRENCY = 16
 MARKERS = ".etags"
@@ -101,15 +99,17 @@ def _remove_others(root: Path, keep: set[Path]) -> None:
 
 def _download(client: Any, bucket: str, folder: str, items: list[tuple[S3Object, Path, Path]],
               endpoint: str | None, concurrency: int, progress_seconds: float) -> None:
-    progress = _Progress(f"s3://{bucket}/{folder}", len(items), sum(i.size for i, _, _ in items),
-                         progress_seconds)
     config = TransferConfig(max_concurrency=concurrency)
-    with create_transfer_manager(client, config) as manager:
+    with progress_ticker("download", f"s3://{bucket}/{folder}", total=len(items),
+                         bytes_total=sum(i.size for i, _, _ in items),
+                         every=progress_seconds) as ticker, \
+            create_transfer_manager(client, config) as manager:
+        counted = _Counted(ticker)
         futures = []
         for item, target, _ in items:
             target.parent.mkdir(parents=True, exist_ok=True)
             futures.append(manager.download(bucket, folder + item.key, str(target),
-                                            subscribers=[KnownSize(item.size), progress]))
+                                            subscribers=[KnownSize(item.size), counted]))
         for (item, target, marker), future in zip(items, futures, strict=True):
             try:
                 future.result()
@@ -123,7 +123,6 @@ def _download(client: Any, bucket: str, folder: str, items: list[tuple[S3Object,
                 raise mapped from None
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(_stamp(item, target.stat())))
-    progress.finish()
 
 
 class KnownSize(BaseSubscriber):
@@ -136,38 +135,14 @@ class KnownSize(BaseSubscriber):
         future.meta.provide_transfer_size(self.size)
 
 
-class _Progress(BaseSubscriber):
-    """A log line at most every `every` seconds while objects arrive, and one at the end of a
-    download that took longer than that."""
+class _Counted(BaseSubscriber):
+    """s3transfer's progress of every object, into one ticker (trainer.ticker)."""
 
-    def __init__(self, where: str, objects: int, total: int, every: float) -> None:
-        self.where, self.objects, self.total, self.every = where, objects, total, every
-        self.objects_done = self.bytes_done = 0
-        self.started = self.last = time.monotonic()
-        self.lock = threading.Lock()
+    def __init__(self, ticker: Ticker) -> None:
+        self.ticker = ticker
 
     def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-        with self.lock:
-            self.bytes_done += bytes_transferred
-            self._log_when_due()
+        self.ticker.add(bytes_done=bytes_transferred)
 
     def on_done(self, future: Any, **kwargs: Any) -> None:
-        with self.lock:
-            self.objects_done += 1
-            self._log_when_due()
-
-    def _log_when_due(self) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            self._log(f"downloading {self.where}")
-
-    def finish(self) -> None:
-        if time.monotonic() - self.started >= self.every:
-            self._log(f"downloaded {self.where}")
-
-    def _log(self, message: str) -> None:
-        get_logger().info(message, extra={
-            "objects_done": self.objects_done, "objects": self.objects,
-            "bytes_done": self.bytes_done, "bytes": self.total,
-            "seconds": round(time.monotonic() - self.started, 1)})
+        self.ticker.add(done=1)

@@ -27,6 +27,7 @@ from trainer.store.mirror import (
     cache_lock,
     mirror,
 )
+from trainer.store.stores import Progress
 
 
 class ClientLimits(NamedTuple):
@@ -157,19 +158,22 @@ class S3Store:
         except Exception as error:
             self._raise(error, key)
 
-    def put_file(self, key: str, path: Path, *, quick: bool = False) -> None:
-        """s3transfer uploads big files in parts; S3 shows the object only once whole."""
+    def put_file(self, key: str, path: Path, progress: Progress | None = None, *,
+                 quick: bool = False) -> None:
+        """s3transfer uploads big files in parts; S3 shows the object only once whole.
+        `progress(bytes)` is s3transfer's callback as parts go (negative when one is retried);
+        `quick`: the client with few retries and short timeouts."""
         try:
             client = self._quick_client if quick else self.client
-            client.upload_file(str(path), self.bucket, self._key(key))
+            client.upload_file(str(path), self.bucket, self._key(key), Callback=progress)
         except Exception as error:
             self._raise(error, key)
 
-    def get_file(self, key: str, path: Path) -> bool:
+    def get_file(self, key: str, path: Path, progress: Progress | None = None) -> bool:
         """s3transfer writes a temporary file beside `path` and renames it when complete."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.download_file(self.bucket, self._key(key), str(path))
+            self.client.download_file(self.bucket, self._key(key), str(path), Callback=progress)
         except Exception as error:
             if is_missing(error):
                 return False

@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from trainer.errors import StorageError
 from trainer.store.files import write_atomic
+
+# Bytes moved since the last call: s3transfer's Callback, also called by the local store.
+Progress = Callable[[int], None]
 
 
 def key_in(folder: str, name: str) -> str:
@@ -32,11 +36,13 @@ class Store(Protocol):
     def read_bytes(self, key: str) -> bytes | None:
         """The object's content, or None when there is none."""
 
-    def put_file(self, key: str, path: Path, *, quick: bool = False) -> None:
-        """Store a local file under `key`, atomically; `quick`: with few retries and short
-        timeouts (a small record written on the way out, while storage may be down)."""
+    def put_file(self, key: str, path: Path, progress: Progress | None = None, *,
+                 quick: bool = False) -> None:
+        """Store a local file under `key`, atomically; `progress(bytes)` as they go; `quick`:
+        with few retries and short timeouts (a small record written on the way out, while
+        storage may be down)."""
 
-    def get_file(self, key: str, path: Path) -> bool:
+    def get_file(self, key: str, path: Path, progress: Progress | None = None) -> bool:
         """Download `key` to `path` (atomically); False when there is no such object."""
 
     def delete(self, key: str) -> None:
@@ -72,14 +78,16 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def put_file(self, key: str, path: Path, *, quick: bool = False) -> None:
+    def put_file(self, key: str, path: Path, progress: Progress | None = None, *,
+                 quick: bool = False) -> None:
         target = self.root / key
-        if target.resolve() == Path(path).resolve():
-            return
-        with open(path, "rb") as f:
-            write_atomic(target, f.read())
+        if target.resolve() != Path(path).resolve():
+            with open(path, "rb") as f:
+                write_atomic(target, f.read())
+        if progress is not None:
+            progress(Path(path).stat().st_size)
 
-    def get_file(self, key: str, path: Path) -> bool:
+    def get_file(self, key: str, path: Path, progress: Progress | None = None) -> bool:
         source = self.root / key
         if not source.is_file():
             return False
@@ -87,6 +95,8 @@ class LocalStore:
         temporary = path.with_name(f".{path.name}.tmp")
         shutil.copyfile(source, temporary)
         os.replace(temporary, path)
+        if progress is not None:
+            progress(path.stat().st_size)
         return True
 
     def delete(self, key: str) -> None:

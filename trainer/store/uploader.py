@@ -16,12 +16,15 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import Terminated, TransientError, UploadsUnfinished
 from trainer.logs import get_logger
 from trainer.store.stores import Store
+from trainer.ticker import Ticker, progress_ticker
 
 MAX_BACKOFF_SECONDS = 30.0
 
@@ -43,6 +46,9 @@ class Uploader:
         self._uploads: dict[str, _Job] = {}
         self._deletes: dict[str, _Job] = {}
         self._in_flight: _Job | None = None
+        self._sent = 0  # bytes of the upload in flight, from s3transfer's Callback
+        self._progress: Ticker | None = None  # the final wait's (flush), while it waits
+        self._counted: set[str] = set()  # the keys it counts the bytes of
         self._numbers = itertools.count()
         self._condition = threading.Condition()
         self._failure: Exception | None = None
@@ -106,8 +112,10 @@ class Uploader:
                 if job.snapshot is None:
                     self.store.delete(job.key)
                 else:
-                    self.store.put_file(job.key, job.snapshot)
+                    self._sent = 0
+                    self.store.put_file(job.key, job.snapshot, progress=self._count)
             except TransientError as error:
+                self._count(-self._sent)  # its bytes go again with the retry
                 if self._closing:  # abandoned: the run has already said what stays local
                     return
                 log.warning(f"upload of {job.key} failed, retrying in {backoff:.0f} s: {error}",
@@ -142,6 +150,13 @@ class Uploader:
                 self._discard(job)
                 self._condition.notify_all()
 
+    def _count(self, amount: int) -> None:
+        """s3transfer's Callback, from its threads: the bytes of the upload in flight."""
+        self._sent += amount
+        ticker, job = self._progress, self._in_flight
+        if ticker is not None and job is not None and job.key in self._counted:
+            ticker.add(bytes_done=amount)
+
     def pending(self) -> list[str]:
         """The keys not yet in the store (uploads, then deletes)."""
         with self._condition:
@@ -154,7 +169,7 @@ class Uploader:
         (SIGTERM), wait at most `stop_grace` seconds more, then raise Terminated (exit 143)."""
         deadline = time.monotonic() + timeout
         stopping = False
-        with self._condition:
+        with self._condition, self._ticker() as ticker:
             while (self._uploads or self._deletes) and self._failure is None:
                 if stop is not None and stop.is_set() and not stopping:
                     stopping = True
@@ -163,6 +178,8 @@ class Uploader:
                 if remaining <= 0:
                     break
                 self._condition.wait(timeout=min(remaining, 1.0))
+                self._tally(ticker)
+            self._tally(ticker)
             self.raise_if_refused()
             base = self.store.uri.rstrip("/")
             left = [f"{job.source} (for {base}/{key})" for key, job in self._uploads.items()]
@@ -180,6 +197,29 @@ class Uploader:
         raise UploadsUnfinished(f"storage {self.store.uri} stayed unreachable for "
                                 f"UPLOAD_TIMEOUT={timeout:g} s after training; {kept}")
 
+    @contextmanager
+    def _ticker(self) -> Iterator[Ticker]:
+        """Called with the condition held: the progress of what is pending now, by file and
+        by byte (trainer.ticker), for the lines of a long wait."""
+        sizes = {key: _size(job.snapshot) for key, job in self._uploads.items()}
+        self._items = len(self._uploads) + len(self._deletes)
+        with progress_ticker("upload", self.store.uri, total=self._items,
+                             bytes_total=sum(sizes.values())) as ticker:
+            job = self._in_flight
+            if job is not None and job.key in sizes:
+                ticker.add(bytes_done=self._sent)  # sent before the wait began
+            self._counted, self._progress = set(sizes), ticker
+            try:
+                yield ticker
+            finally:
+                self._progress = None
+
+    def _tally(self, ticker: Ticker) -> None:
+        """Called with the condition held: the files stored so far, and the one in flight."""
+        job = self._in_flight
+        ticker.at(max(self._items - len(self._uploads) - len(self._deletes), 0),
+                  None if job is None else job.key)
+
     def close(self) -> None:
         """Stop the worker once nothing is pending (at once when uploads are abandoned)."""
         with self._condition:
@@ -187,3 +227,10 @@ class Uploader:
             self._uploads.clear()
             self._deletes.clear()
             self._condition.notify_all()
+
+
+def _size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:  # a snapshot gone meanwhile counts for nothing
+        return 0

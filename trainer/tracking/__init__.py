@@ -6,7 +6,7 @@ loader (`keras_pyfunc`, copied into the MLflow model; it imports Keras when load
 ETA with Kubeflow Trainer's TrainJob status (`progress`), the progress log lines (`run_progress`),
 TensorBoard scalars (`scalars`), and Vertex AI's tuned metric (`hypertune`).
 
-May import: `trainer.errors`, `logs`, `redaction`, and the part `store`; never the recipe modules
-above it. Only `scalars` (and `keras_pyfunc`, in the MLflow model's process) imports TensorFlow;
-MLflow is imported inside the functions that use it.
+May import: `trainer.errors`, `logs`, `ticker`, `redaction`, and the part `store`; never the
+recipe modules above it. Only `scalars` (and `keras_pyfunc`, in the MLflow model's process)
+imports TensorFlow; MLflow is imported inside the functions that use it.
 """

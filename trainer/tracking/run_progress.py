@@ -1,6 +1,7 @@
 """A run's progress where people look: `progress` (0 to 1 over the whole run) and `eta_seconds`
 on every progress and epoch log line, a progress line every 30 s within long epochs, and the
-TrainJob's status on Kubeflow Trainer (the chief's reporter; trainer.tracking.progress)."""
+TrainJob's status on Kubeflow Trainer (the chief's reporter; trainer.tracking.progress); on a
+terminal, a bar of the epoch's steps (trainer.ticker)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from trainer.logs import get_logger
+from trainer.logs import get_logger, terminal_bar
 from trainer.store.artifacts import HistoryRow
+from trainer.ticker import bar_text
 from trainer.tracking.progress import Plan, Progress, TrainerStatusReporter
 
 PROGRESS_INTERVAL_SECONDS = 30.0
@@ -31,13 +33,16 @@ class RunProgress:
         """The loop's callback after each call of steps of `epoch`: with `first`, a line after
         the first call (the time to it is what a user waits before the accelerator works),
         then a line every `interval` seconds."""
-        log = get_logger()
-        last = time.monotonic()
+        log, bar = get_logger(), terminal_bar()
+        last = started = time.monotonic()
         announced = not first
 
         def report(done: int, steps: int) -> None:
             nonlocal last, announced
             fields = self._update(self.plan.done(epoch - 1, done))
+            if bar is not None:  # on a terminal: the epoch's steps, redrawn in place
+                bar.show(bar_text({"step": f"epoch {epoch}", "done": done, "total": steps,
+                                   "elapsed_seconds": time.monotonic() - started}))
             if not announced:
                 announced = True
                 log.info("first training steps done", extra={
@@ -52,6 +57,8 @@ class RunProgress:
     def epoch_done(self, row: HistoryRow) -> dict[str, Any]:
         """The fields for the epoch's log line; the TrainJob gets the epoch's metrics."""
         self._metrics = {name: float(row[name]) for name in REPORTED_METRICS}  # type: ignore[literal-required]
+        if (bar := terminal_bar()) is not None:
+            bar.show("")  # the epoch's line takes its place
         return self._update(self.plan.done(row["epoch"]))
 
     def after(self, part: str, work: Callable[..., Any], units: float) -> Callable[..., Any]:
