@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import TransientError
 from trainer.logs import get_logger
 from trainer.reports.run_page import build_report
 from trainer.serving.formats import export_failure
@@ -44,6 +45,16 @@ def required_parts(formats: Sequence[str], tracking: bool) -> list[str]:
     return [EVALUATION, REPORT, *map(export_part, formats), *([TRACKING] if tracking else [])]
 
 
+def _fetched(files: RunArtifacts, name: str, sha256: str | None) -> bool:
+    """`files.adopt`, where storage that is down means "not recorded": the part is made again
+    here, and the uploads at the end wait for the storage as long as UPLOAD_TIMEOUT says."""
+    try:
+        return files.adopt(name, sha256)
+    except TransientError as error:
+        get_logger().warning(f"{name} is made again: {error}")
+        return False
+
+
 class FinishRecord:
     """`state/finish.json`: the summary of the training (what the manifest says of it), the
     sha256 of the best.h5 the parts were made from, and per part its files and result."""
@@ -58,7 +69,7 @@ class FinishRecord:
     def load(cls, state_files: RunArtifacts, artifacts: RunArtifacts) -> FinishRecord:
         """The record as stored (fetched back where the store is remote); empty if none."""
         content: dict[str, Any] = {}
-        if state_files.adopt(RECORD, None):
+        if _fetched(state_files, RECORD, None):
             try:
                 loaded = json.loads(state_files.path(RECORD).read_text())
                 content = loaded if isinstance(loaded, dict) else {}
@@ -87,7 +98,7 @@ class FinishRecord:
         if not isinstance(entry, dict):
             return None
         files = entry.get("files") or {}
-        if not all(self.artifacts.adopt(name, digest) for name, digest in files.items()):
+        if not all(_fetched(self.artifacts, name, digest) for name, digest in files.items()):
             return None
         return dict(entry.get("result") or {})
 

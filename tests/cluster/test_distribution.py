@@ -136,4 +136,7 @@ def test_a_worker_whose_peer_never_comes_up_exits_75_naming_it(tiny_npz: Path,
         f"error: could not reach worker(s) 127.0.0.1:{missing} (connection refused) within "
         "PEER_TIMEOUT=2 s; check that their pods run, and WORKER_SERVICE, WORKER_PORT or "
         "TF_CONFIG name them")
-    assert not (tmp_path / "runs" / "alone").exists()
+    # Nothing of a run but the record that `trainer runs` shows it by: a retry may mend it.
+    assert [p.name for p in (tmp_path / "runs" / "alone").iterdir()] == ["failure.json"]
+    record = json.loads((tmp_path / "runs" / "alone" / "failure.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("interrupted", 75)

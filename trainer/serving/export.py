@@ -102,6 +102,8 @@ def export_model(model_h5: Path, out_dir: Path, formats: Sequence[str], *,
     (trainer.ticker, of `export_steps(formats)` items) is told each format and each check
     as it starts.
     """
+    if ticker is not None and formats:  # loading best.h5 and its reference outputs is the first's
+        ticker.at(0, formats[0])
     source = _source(Path(model_h5))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / LABELS).write_text("".join(f"{n}\n" for n in source.class_names), "utf-8")
