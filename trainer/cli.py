@@ -30,6 +30,8 @@ from trainer.data.shards import default_cache_bytes
 from trainer.data.tfrecords import Remote
 from trainer.errors import (
     INTERNAL_ERROR,
+    SIGINT_EXIT,
+    SIGINT_LINE,
     ConfigError,
     DataError,
     TrainerError,
@@ -271,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["trainer", *[name for name in args[:1] if name in cli.commands]])
         return _record(f"{command}: {error.format_message().rstrip('.')}; see {command} -h", 2)
     except (click.Abort, KeyboardInterrupt):
-        return _record("interrupted (SIGINT); run the same command again to resume", 130)
+        return _record(SIGINT_LINE, SIGINT_EXIT)
     except TrainerError as error:
         return _fail(str(error), error.exit_code, debug)
     except Exception as error:  # noqa: BLE001 - every bug becomes exit 1 with one line

@@ -55,6 +55,8 @@ class Terminated(TrainerError):
 
 
 INTERNAL_ERROR = 1
+SIGINT_EXIT = 130  # Ctrl-C, as a shell reports it
+SIGINT_LINE = "interrupted (SIGINT); run the same command again to resume"
 
 
 def internal_error_line(error: BaseException) -> str:

@@ -50,16 +50,16 @@ def run_job(settings: Settings, environ: Mapping[str, str] | None = None) -> Non
     cluster, _ = resolve_cluster(platform.environ)
     if cluster.is_chief:
         clear_failure(store, settings.run_key)
-    # Training and the finish's every part done (only an upload or the manifest missing): no
-    # TensorFlow, model or dataset. Several workers go the whole way together (trainer.parts).
-    summary = None if cluster.is_multi_worker else finish_from_record(settings, store,
-                                                                       platform.environ)
-    if summary is not None:
-        tuned = TunedMetric.from_environ(platform.environ, settings.monitor)
-        if tuned is not None:  # as after a restart that had no epoch left to train
-            tuned.report(summary["best_value"], summary["epochs_done"])
-        return
     try:
+        # Training and the finish's every part done (only an upload or the manifest missing):
+        # no TensorFlow, model or dataset. Several workers go the whole way together.
+        summary = None if cluster.is_multi_worker else finish_from_record(settings, store,
+                                                                           platform.environ)
+        if summary is not None:
+            tuned = TunedMetric.from_environ(platform.environ, settings.monitor)
+            if tuned is not None:  # as after a restart that had no epoch left to train
+                tuned.report(summary["best_value"], summary["epochs_done"])
+            return
         dataset = load_run_dataset(settings, cluster.task_position)
         weights = None if settings.weights == "none" else fetch_if_remote(
             settings, settings.weights, "weights")

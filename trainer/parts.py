@@ -184,9 +184,11 @@ def finish_from_record(settings: Settings, store: Store, environ: Mapping[str, s
     missing: the run goes the whole way (and redoes only what is missing)."""
     state_store, state_key, _ = state_place(settings, store)
     raw = state_store.read_bytes(key_in(state_key, RECORD))
+    if raw is None:  # every new run starts here: no more reads for it
+        return None
     pointer = state_store.read_bytes(key_in(state_key, POINTER))
     try:
-        content = json.loads(raw) if raw else {}
+        content = json.loads(raw)
         newest = json.loads(pointer)["states"][0] if pointer else {}
         summary = content["summary"]
     except (ValueError, KeyError, TypeError, IndexError):

@@ -18,7 +18,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import ExportFailed, TrainerError, internal_error_line
+from trainer.errors import (
+    INTERNAL_ERROR,
+    SIGINT_EXIT,
+    SIGINT_LINE,
+    ExportFailed,
+    Terminated,
+    TrainerError,
+    internal_error_line,
+)
 from trainer.logs import get_logger
 from trainer.redaction import redact
 from trainer.store.stores import Store, key_in
@@ -27,21 +35,19 @@ FAILURE_FILE = "failure.json"
 # The contract's exit codes that retrying cannot help, on which the Job's podFailurePolicy fails
 # the run (a sweep's index) at once.
 UNRECOVERABLE = frozenset({2, 3, 4})
-STOPPED = 143
-SIGINT_EXIT = 130
 
 
 def outcome_of(error: BaseException) -> tuple[str, int, str]:
     """(status, exit code, line) of what ended the run."""
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted", SIGINT_EXIT, "interrupted (SIGINT); run it again to resume"
+        return "interrupted", SIGINT_EXIT, SIGINT_LINE
     if not isinstance(error, TrainerError):
-        return "interrupted", 1, internal_error_line(error)
+        return "interrupted", INTERNAL_ERROR, internal_error_line(error)
     code = error.exit_code
     if code in UNRECOVERABLE or isinstance(error, ExportFailed):
         status = "failed"
     else:
-        status = "stopped" if code == STOPPED else "interrupted"
+        status = "stopped" if isinstance(error, Terminated) else "interrupted"
     return status, code, str(error)
 
 
